@@ -1,0 +1,849 @@
+/*
+ * config.c — the YAML configuration loader (SPEC §2).
+ *
+ * libfyaml builds the document; this file walks it with small tables, one
+ * row per key (name, kind, offset, bounds), in the spirit of nginx's
+ * directive tables. Every mapping is checked against its table, so an
+ * unknown or misspelt key is an error with its file:line, never ignored.
+ * Errors are collected, not fatal one by one, so `tollgate -t` shows them
+ * all. The result is an immutable generation (config_types.h).
+ */
+#include "core/config.h"
+
+#include <errno.h>
+#include <libfyaml.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <xxhash.h>
+
+#include "core/arena.h"
+#include "core/defs.h"
+
+/* Loader state for one file. */
+struct loader {
+	const char *path;
+	FILE *errs;
+	int n_errors;
+	struct config *cfg;
+	struct arena *arena;
+};
+
+static int node_line(struct fy_node *n)
+{
+	struct fy_token *t = n ? fy_node_get_scalar_token(n) : NULL;
+	const struct fy_mark *m = t ? fy_token_start_mark(t) : NULL;
+	return m ? m->line + 1 : 0;
+}
+
+static void __attribute__((format(printf, 3, 4)))
+load_error(struct loader *ld, int line, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(ld->errs, "%s:%d: ", ld->path, line);
+	vfprintf(ld->errs, fmt, ap);
+	fputc('\n', ld->errs);
+	va_end(ap);
+	ld->n_errors++;
+}
+
+/* ---- scalar readers: each reports its own error and returns -EINVAL ---- */
+
+static const char *scalar(struct loader *ld, struct fy_node *key,
+			  struct fy_node *val, size_t *len)
+{
+	if (!val || !fy_node_is_scalar(val)) {
+		load_error(ld, node_line(key), "%s: expected a scalar value",
+			   fy_node_get_scalar0(key));
+		return NULL;
+	}
+	return fy_node_get_scalar(val, len);
+}
+
+static int read_str(struct loader *ld, struct fy_node *key, struct fy_node *val,
+		    const char **out)
+{
+	size_t len;
+	const char *s = scalar(ld, key, val, &len);
+	if (!s)
+		return -EINVAL;
+	if (len == 0) {
+		load_error(ld, node_line(key), "%s: must not be empty",
+			   fy_node_get_scalar0(key));
+		return -EINVAL;
+	}
+	*out = arena_strndup(ld->arena, s, len);
+	return 0;
+}
+
+static int read_u64(struct loader *ld, struct fy_node *key, struct fy_node *val,
+		    uint64_t min, uint64_t max, uint64_t *out)
+{
+	size_t len;
+	const char *s = scalar(ld, key, val, &len);
+	if (!s)
+		return -EINVAL;
+	uint64_t v = 0;
+	bool ok = len > 0 && len <= 19;
+	for (size_t i = 0; ok && i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			ok = false;
+		else
+			v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	if (!ok || v < min || v > max) {
+		load_error(ld, node_line(key),
+			   "%s: expected an integer in [%llu, %llu], got '%.*s'",
+			   fy_node_get_scalar0(key), (unsigned long long)min,
+			   (unsigned long long)max, (int)len, s);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+static int read_bool(struct loader *ld, struct fy_node *key, struct fy_node *val,
+		     bool *out)
+{
+	size_t len;
+	const char *s = scalar(ld, key, val, &len);
+	if (!s)
+		return -EINVAL;
+	if (len == 4 && !strncmp(s, "true", 4))
+		*out = true;
+	else if (len == 5 && !strncmp(s, "false", 5))
+		*out = false;
+	else {
+		load_error(ld, node_line(key), "%s: expected true or false",
+			   fy_node_get_scalar0(key));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int read_money(struct loader *ld, struct fy_node *key,
+		      struct fy_node *val, usd_micros *out)
+{
+	size_t len;
+	const char *s = scalar(ld, key, val, &len);
+	if (!s)
+		return -EINVAL;
+	int rc = money_parse(s, len, out);
+	if (rc) {
+		load_error(ld, node_line(key),
+			   "%s: '%.*s' is not a USD amount exact to the micro-dollar",
+			   fy_node_get_scalar0(key), (int)len, s);
+		return rc;
+	}
+	return 0;
+}
+
+/* ---- table-driven mappings ---- */
+
+enum field_kind { F_STR, F_U32, F_U64, F_BOOL, F_MONEY, F_CUSTOM };
+
+struct field;
+typedef int (*field_fn)(struct loader *ld, struct fy_node *key,
+			struct fy_node *val, void *obj);
+
+/* One row per accepted key of a mapping. */
+struct field {
+	const char *name;
+	enum field_kind kind;
+	size_t offset;
+	uint64_t min, max;    /* F_U32 / F_U64 bounds */
+	field_fn custom;      /* F_CUSTOM */
+};
+
+static int read_field(struct loader *ld, const struct field *f,
+		      struct fy_node *key, struct fy_node *val, void *obj)
+{
+	char *p = (char *)obj + f->offset;
+	uint64_t v;
+	switch (f->kind) {
+	case F_STR:
+		return read_str(ld, key, val, (const char **)p);
+	case F_U32:
+		if (read_u64(ld, key, val, f->min, f->max, &v))
+			return -EINVAL;
+		*(uint32_t *)p = (uint32_t)v;
+		return 0;
+	case F_U64:
+		if (read_u64(ld, key, val, f->min, f->max, &v))
+			return -EINVAL;
+		*(uint64_t *)p = v;
+		return 0;
+	case F_BOOL:
+		return read_bool(ld, key, val, (bool *)p);
+	case F_MONEY:
+		return read_money(ld, key, val, (usd_micros *)p);
+	case F_CUSTOM:
+		return f->custom(ld, key, val, obj);
+	}
+	return -EINVAL;
+}
+
+/*
+ * Applies `table` to the mapping `map`: every key must have a row. `what`
+ * names the mapping in errors. Returns 0 or -EINVAL (errors reported).
+ */
+static int read_mapping(struct loader *ld, struct fy_node *owner_key,
+			struct fy_node *map, const struct field *table,
+			size_t n_rows, void *obj, const char *what)
+{
+	if (!map || !fy_node_is_mapping(map)) {
+		load_error(ld, node_line(owner_key), "%s: expected a mapping", what);
+		return -EINVAL;
+	}
+	int rc = 0;
+	void *it = NULL;
+	struct fy_node_pair *pair;
+	while ((pair = fy_node_mapping_iterate(map, &it))) {
+		struct fy_node *key = fy_node_pair_key(pair);
+		struct fy_node *val = fy_node_pair_value(pair);
+		const char *name = fy_node_get_scalar0(key);
+		const struct field *f = NULL;
+		for (size_t i = 0; name && i < n_rows; i++)
+			if (!strcmp(table[i].name, name))
+				f = &table[i];
+		if (!f) {
+			load_error(ld, node_line(key), "%s: unknown key '%s'", what,
+				   name ? name : "?");
+			rc = -EINVAL;
+			continue;
+		}
+		if (read_field(ld, f, key, val, obj))
+			rc = -EINVAL;
+	}
+	return rc;
+}
+
+#define ROW(n, k, type, member, lo, hi) \
+	{ n, k, offsetof(type, member), lo, hi, NULL }
+#define CUSTOM(n, fn) { n, F_CUSTOM, 0, 0, 0, fn }
+
+/* ---- addresses ---- */
+
+int config_parse_addr(const char *text, struct cfg_addr *out)
+{
+	const char *colon = strrchr(text, ':');
+	if (!colon || colon == text || !colon[1])
+		return -EINVAL;
+	char host[256];
+	size_t hlen = (size_t)(colon - text);
+	if (text[0] == '[') {
+		if (hlen < 3 || text[hlen - 1] != ']')
+			return -EINVAL;
+		text++;
+		hlen -= 2;
+	}
+	if (hlen >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, text, hlen);
+	host[hlen] = '\0';
+	char *end;
+	long port = strtol(colon + 1, &end, 10);
+	if (*end || port < 1 || port > 65535)
+		return -EINVAL;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *res = NULL;
+	if (getaddrinfo(host, colon + 1, &hints, &res) || !res)
+		return -EINVAL;
+	memcpy(&out->sa, res->ai_addr, res->ai_addrlen);
+	out->salen = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+static int read_addr(struct loader *ld, struct fy_node *key, struct fy_node *val,
+		     struct cfg_addr *out)
+{
+	const char *text;
+	if (read_str(ld, key, val, &text))
+		return -EINVAL;
+	if (config_parse_addr(text, out)) {
+		load_error(ld, node_line(key),
+			   "%s: '%s' is not a host:port address",
+			   fy_node_get_scalar0(key), text);
+		return -EINVAL;
+	}
+	out->text = text;
+	return 0;
+}
+
+/* ---- listen ---- */
+
+static int listen_addr(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		       void *obj)
+{
+	return read_addr(ld, k, v, &((struct cfg_listen *)obj)->addr);
+}
+
+static const struct field tls_fields[] = {
+	ROW("cert", F_STR, struct cfg_listen, tls_cert, 0, 0),
+	ROW("key", F_STR, struct cfg_listen, tls_key, 0, 0),
+};
+
+static int listen_tls(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		      void *obj)
+{
+	struct cfg_listen *l = obj;
+	if (read_mapping(ld, k, v, tls_fields, ARRAY_SIZE(tls_fields), obj,
+			 "listen.tls"))
+		return -EINVAL;
+	if (!l->tls_cert || !l->tls_key) {
+		load_error(ld, node_line(k), "listen.tls: needs both cert and key");
+		return -EINVAL;
+	}
+	/* TLS termination lands with the TLS issue; refuse rather than serve
+	 * plain text on a port the operator believes is encrypted. */
+	load_error(ld, node_line(k), "listen.tls: TLS is not available in this build");
+	return -EINVAL;
+}
+
+static const struct field listen_fields[] = {
+	CUSTOM("addr", listen_addr),
+	CUSTOM("tls", listen_tls),
+};
+
+static int section_listen(struct loader *ld, struct fy_node *k,
+			  struct fy_node *v, void *obj)
+{
+	if (!v || !fy_node_is_sequence(v) || fy_node_sequence_item_count(v) < 1) {
+		load_error(ld, node_line(k), "listen: expected a non-empty list");
+		return -EINVAL;
+	}
+	struct config *cfg = ld->cfg;
+	int n = fy_node_sequence_item_count(v);
+	cfg->listen = arena_alloc(ld->arena, sizeof(*cfg->listen) * (size_t)n);
+	int rc = 0;
+	void *it = NULL;
+	struct fy_node *item;
+	while ((item = fy_node_sequence_iterate(v, &it))) {
+		struct cfg_listen *l = &cfg->listen[cfg->n_listen++];
+		l->line = node_line(k);
+		if (read_mapping(ld, k, item, listen_fields,
+				 ARRAY_SIZE(listen_fields), l, "listen[]"))
+			rc = -EINVAL;
+		else if (!l->addr.text) {
+			load_error(ld, node_line(k), "listen[]: addr is required");
+			rc = -EINVAL;
+		}
+	}
+	return rc;
+}
+
+/* ---- admin ---- */
+
+static int admin_addr(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		      void *obj)
+{
+	struct config *cfg = obj;
+	cfg->has_admin = true;
+	return read_addr(ld, k, v, &cfg->admin_addr);
+}
+
+static const struct field admin_fields[] = {
+	CUSTOM("addr", admin_addr),
+	ROW("token_env", F_STR, struct config, admin_token_env, 0, 0),
+};
+
+static int section_admin(struct loader *ld, struct fy_node *k,
+			 struct fy_node *v, void *obj)
+{
+	return read_mapping(ld, k, v, admin_fields, ARRAY_SIZE(admin_fields),
+			    ld->cfg, "admin");
+}
+
+/* ---- workers ---- */
+
+static int section_workers(struct loader *ld, struct fy_node *k,
+			   struct fy_node *v, void *obj)
+{
+	size_t len;
+	const char *s = scalar(ld, k, v, &len);
+	if (!s)
+		return -EINVAL;
+	if (len == 4 && !strncmp(s, "auto", 4)) {
+		ld->cfg->workers = 0;
+		return 0;
+	}
+	uint64_t n;
+	if (read_u64(ld, k, v, 1, 256, &n))
+		return -EINVAL;
+	ld->cfg->workers = (int)n;
+	return 0;
+}
+
+/* ---- limits ---- */
+
+static const struct field limits_fields[] = {
+	ROW("max_header_bytes", F_U32, struct cfg_limits, max_header_bytes, 1024, 1 << 20),
+	ROW("max_body_bytes", F_U64, struct cfg_limits, max_body_bytes, 0, 1ULL << 32),
+	ROW("header_timeout_ms", F_U32, struct cfg_limits, header_timeout_ms, 100, 3600000),
+	ROW("body_timeout_ms", F_U32, struct cfg_limits, body_timeout_ms, 100, 3600000),
+	ROW("idle_timeout_ms", F_U32, struct cfg_limits, idle_timeout_ms, 100, 86400000),
+	ROW("send_timeout_ms", F_U32, struct cfg_limits, send_timeout_ms, 100, 3600000),
+	ROW("max_connections", F_U32, struct cfg_limits, max_connections, 16, 1000000),
+	ROW("max_requests", F_U32, struct cfg_limits, max_requests, 16, 1000000),
+};
+
+static int section_limits(struct loader *ld, struct fy_node *k,
+			  struct fy_node *v, void *obj)
+{
+	return read_mapping(ld, k, v, limits_fields, ARRAY_SIZE(limits_fields),
+			    &ld->cfg->limits, "limits");
+}
+
+/* ---- providers ---- */
+
+/* Splits "http[s]://host[:port][/path]" into the provider's fields. */
+static int parse_base_url(struct loader *ld, struct cfg_provider *p)
+{
+	const char *u = p->base_url, *rest;
+	if (!strncmp(u, "http://", 7)) {
+		rest = u + 7;
+		p->port = 80;
+	} else if (!strncmp(u, "https://", 8)) {
+		rest = u + 8;
+		p->port = 443;
+		p->tls = true;
+	} else {
+		return -EINVAL;
+	}
+	size_t hostport_len = strcspn(rest, "/");
+	const char *path = rest + hostport_len;
+	size_t path_len = strlen(path);
+	while (path_len && path[path_len - 1] == '/')
+		path_len--;
+	/* "[v6]:port": the port colon is the one after the closing bracket. */
+	const char *host_end = rest;
+	if (rest[0] == '[') {
+		host_end = memchr(rest, ']', hostport_len);
+		if (!host_end)
+			return -EINVAL;
+	}
+	const char *colon = memchr(host_end, ':', hostport_len - (size_t)(host_end - rest));
+	size_t host_len = colon ? (size_t)(colon - rest) : hostport_len;
+	if (host_len == 0)
+		return -EINVAL;
+	if (colon) {
+		char *end;
+		long port = strtol(colon + 1, &end, 10);
+		if (end != rest + hostport_len || port < 1 || port > 65535)
+			return -EINVAL;
+		p->port = (uint16_t)port;
+	}
+	p->host = arena_strndup(ld->arena, rest, host_len);
+	p->path_prefix = arena_strndup(ld->arena, path, path_len);
+	p->path_prefix_len = (uint32_t)path_len;
+
+	char addr[300];
+	snprintf(addr, sizeof(addr), "%s:%u", p->host, p->port);
+	if (config_parse_addr(addr, &p->addr))
+		return -EHOSTUNREACH;
+	p->addr.text = arena_strndup(ld->arena, addr, strlen(addr));
+	return 0;
+}
+
+static int provider_format(struct loader *ld, struct fy_node *k,
+			   struct fy_node *v, void *obj)
+{
+	size_t len;
+	const char *s = scalar(ld, k, v, &len);
+	if (!s)
+		return -EINVAL;
+	struct cfg_provider *p = obj;
+	if (len == 6 && !strncmp(s, "openai", 6))
+		p->format = FORMAT_OPENAI;
+	else if (len == 9 && !strncmp(s, "anthropic", 9))
+		p->format = FORMAT_ANTHROPIC;
+	else {
+		load_error(ld, node_line(k), "format: expected openai or anthropic");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static const struct field provider_fields[] = {
+	ROW("base_url", F_STR, struct cfg_provider, base_url, 0, 0),
+	CUSTOM("format", provider_format),
+	ROW("api_key_env", F_STR, struct cfg_provider, api_key_env, 0, 0),
+	ROW("timeout_ms", F_U32, struct cfg_provider, timeout_ms, 100, 3600000),
+	ROW("connect_timeout_ms", F_U32, struct cfg_provider, connect_timeout_ms, 10, 600000),
+	ROW("idle_timeout_ms", F_U32, struct cfg_provider, idle_timeout_ms, 100, 3600000),
+	ROW("max_idle_conns", F_U32, struct cfg_provider, max_idle_conns, 0, 100000),
+	ROW("ca_file", F_STR, struct cfg_provider, ca_file, 0, 0),
+	ROW("insecure_skip_verify", F_BOOL, struct cfg_provider, insecure_skip_verify, 0, 0),
+};
+
+static int read_provider(struct loader *ld, struct fy_node *k,
+			 struct fy_node *v, struct cfg_provider *p)
+{
+	p->name = arena_strndup(ld->arena, fy_node_get_scalar0(k),
+				strlen(fy_node_get_scalar0(k)));
+	p->line = node_line(k);
+	p->connect_timeout_ms = 5000;
+	p->timeout_ms = 60000;
+	p->idle_timeout_ms = 60000;
+	p->max_idle_conns = 256;
+	char what[300];
+	snprintf(what, sizeof(what), "providers.%s", p->name);
+	if (read_mapping(ld, k, v, provider_fields, ARRAY_SIZE(provider_fields),
+			 p, what))
+		return -EINVAL;
+	if (!p->base_url) {
+		load_error(ld, p->line, "%s: base_url is required", what);
+		return -EINVAL;
+	}
+	int rc = parse_base_url(ld, p);
+	if (rc == -EHOSTUNREACH) {
+		load_error(ld, p->line, "%s: cannot resolve host of '%s'", what,
+			   p->base_url);
+		return rc;
+	}
+	if (rc) {
+		load_error(ld, p->line, "%s: base_url '%s' is not http(s)://host[:port][/path]",
+			   what, p->base_url);
+		return rc;
+	}
+	if (p->tls) {
+		load_error(ld, p->line, "%s: https providers need the TLS build (not available yet)",
+			   what);
+		return -EINVAL;
+	}
+	if (p->api_key_env) {
+		const char *key = getenv(p->api_key_env);
+		if (key && *key)
+			p->api_key = arena_strndup(ld->arena, key, strlen(key));
+	}
+	return 0;
+}
+
+static int section_providers(struct loader *ld, struct fy_node *k,
+			     struct fy_node *v, void *obj)
+{
+	if (!v || !fy_node_is_mapping(v)) {
+		load_error(ld, node_line(k), "providers: expected a mapping of name -> provider");
+		return -EINVAL;
+	}
+	struct config *cfg = ld->cfg;
+	int n = fy_node_mapping_item_count(v);
+	cfg->providers = arena_alloc(ld->arena, sizeof(*cfg->providers) * (size_t)(n ? n : 1));
+	int rc = 0;
+	void *it = NULL;
+	struct fy_node_pair *pair;
+	while ((pair = fy_node_mapping_iterate(v, &it))) {
+		struct cfg_provider *p = &cfg->providers[cfg->n_providers];
+		p->index = (int)cfg->n_providers++;
+		if (read_provider(ld, fy_node_pair_key(pair), fy_node_pair_value(pair), p))
+			rc = -EINVAL;
+	}
+	return rc;
+}
+
+/* ---- models ---- */
+
+static int read_str_list(struct loader *ld, struct fy_node *k, struct fy_node *v,
+			 const char ***out, uint32_t *n_out)
+{
+	if (!v || !fy_node_is_sequence(v)) {
+		load_error(ld, node_line(k), "%s: expected a list", fy_node_get_scalar0(k));
+		return -EINVAL;
+	}
+	int n = fy_node_sequence_item_count(v);
+	const char **list = arena_alloc(ld->arena, sizeof(*list) * (size_t)(n ? n : 1));
+	uint32_t count = 0;
+	void *it = NULL;
+	struct fy_node *item;
+	while ((item = fy_node_sequence_iterate(v, &it))) {
+		if (read_str(ld, k, item, &list[count]))
+			return -EINVAL;
+		count++;
+	}
+	*out = list;
+	*n_out = count;
+	return 0;
+}
+
+static int model_supports(struct loader *ld, struct fy_node *k,
+			  struct fy_node *v, void *obj)
+{
+	struct cfg_model *m = obj;
+	const char **names;
+	uint32_t n;
+	if (read_str_list(ld, k, v, &names, &n))
+		return -EINVAL;
+	static const struct { const char *name; uint32_t bit; } caps[] = {
+		{ "tools", SUPPORTS_TOOLS },
+		{ "json_schema", SUPPORTS_JSON_SCHEMA },
+		{ "vision", SUPPORTS_VISION },
+	};
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t bit = 0;
+		for (size_t c = 0; c < ARRAY_SIZE(caps); c++)
+			if (!strcmp(names[i], caps[c].name))
+				bit = caps[c].bit;
+		if (!bit) {
+			load_error(ld, node_line(k),
+				   "supports: unknown capability '%s' (tools, json_schema, vision)",
+				   names[i]);
+			return -EINVAL;
+		}
+		m->supports |= bit;
+	}
+	return 0;
+}
+
+static int model_alternatives(struct loader *ld, struct fy_node *k,
+			      struct fy_node *v, void *obj)
+{
+	struct cfg_model *m = obj;
+	return read_str_list(ld, k, v, &m->alternatives, &m->n_alternatives);
+}
+
+static const struct field model_fields[] = {
+	ROW("provider", F_STR, struct cfg_model, provider_name, 0, 0),
+	ROW("upstream_model", F_STR, struct cfg_model, upstream_model, 0, 0),
+	ROW("input_usd_per_mtok", F_MONEY, struct cfg_model, input_per_mtok, 0, 0),
+	ROW("output_usd_per_mtok", F_MONEY, struct cfg_model, output_per_mtok, 0, 0),
+	ROW("cached_input_usd_per_mtok", F_MONEY, struct cfg_model, cached_input_per_mtok, 0, 0),
+	ROW("max_output_tokens", F_U32, struct cfg_model, max_output_tokens, 1, 100000000),
+	ROW("context_tokens", F_U32, struct cfg_model, context_tokens, 1, 100000000),
+	CUSTOM("supports", model_supports),
+	ROW("tier", F_STR, struct cfg_model, tier, 0, 0),
+	CUSTOM("alternatives", model_alternatives),
+};
+
+static int section_models(struct loader *ld, struct fy_node *k,
+			  struct fy_node *v, void *obj)
+{
+	if (!v || !fy_node_is_mapping(v)) {
+		load_error(ld, node_line(k), "models: expected a mapping of name -> model");
+		return -EINVAL;
+	}
+	struct config *cfg = ld->cfg;
+	int n = fy_node_mapping_item_count(v);
+	cfg->models = arena_alloc(ld->arena, sizeof(*cfg->models) * (size_t)(n ? n : 1));
+	int rc = 0;
+	void *it = NULL;
+	struct fy_node_pair *pair;
+	while ((pair = fy_node_mapping_iterate(v, &it))) {
+		struct fy_node *mk = fy_node_pair_key(pair);
+		struct cfg_model *m = &cfg->models[cfg->n_models++];
+		const char *name = fy_node_get_scalar0(mk);
+		m->name = arena_strndup(ld->arena, name, strlen(name));
+		m->name_len = (uint32_t)strlen(name);
+		m->line = node_line(mk);
+		m->input_per_mtok = m->output_per_mtok = m->cached_input_per_mtok = -1;
+		char what[300];
+		snprintf(what, sizeof(what), "models.%s", m->name);
+		if (read_mapping(ld, mk, fy_node_pair_value(pair), model_fields,
+				 ARRAY_SIZE(model_fields), m, what))
+			rc = -EINVAL;
+	}
+	return rc;
+}
+
+/* ---- top level ---- */
+
+static int top_str(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		   void *obj)
+{
+	return read_str(ld, k, v, &ld->cfg->prices_version);
+}
+
+static int top_pin(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		   void *obj)
+{
+	return read_bool(ld, k, v, &ld->cfg->pin);
+}
+
+static int top_drain(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		     void *obj)
+{
+	uint64_t ms;
+	if (read_u64(ld, k, v, 0, 3600000, &ms))
+		return -EINVAL;
+	ld->cfg->drain_timeout_ms = (uint32_t)ms;
+	return 0;
+}
+
+/* Sections of SPEC §2 whose features land in later issues: refused by name,
+ * so a config that relies on them fails loudly instead of running unguarded. */
+static int section_not_yet(struct loader *ld, struct fy_node *k,
+			   struct fy_node *v, void *obj)
+{
+	load_error(ld, node_line(k),
+		   "%s: section not supported by this build yet",
+		   fy_node_get_scalar0(k));
+	return -EINVAL;
+}
+
+static const struct field top_fields[] = {
+	CUSTOM("listen", section_listen),
+	CUSTOM("admin", section_admin),
+	CUSTOM("workers", section_workers),
+	CUSTOM("pin", top_pin),
+	CUSTOM("drain_timeout_ms", top_drain),
+	CUSTOM("limits", section_limits),
+	CUSTOM("providers", section_providers),
+	CUSTOM("models", section_models),
+	CUSTOM("prices_version", top_str),
+	CUSTOM("orgs", section_not_yet),
+	CUSTOM("teams", section_not_yet),
+	CUSTOM("users", section_not_yet),
+	CUSTOM("keys", section_not_yet),
+	CUSTOM("budget", section_not_yet),
+	CUSTOM("velocity", section_not_yet),
+	CUSTOM("ledger", section_not_yet),
+	CUSTOM("alerts", section_not_yet),
+	CUSTOM("otel", section_not_yet),
+	CUSTOM("cluster", section_not_yet),
+};
+
+/* ---- cross-checks and indexes ---- */
+
+static uint64_t name_hash(const char *s, size_t len)
+{
+	return XXH3_64bits(s, len);
+}
+
+static void build_model_index(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+	uint32_t slots = 16;
+	while (slots < cfg->n_models * 2)
+		slots <<= 1;
+	cfg->model_index = arena_alloc(ld->arena, sizeof(uint32_t) * slots);
+	cfg->model_index_mask = slots - 1;
+	for (uint32_t i = 0; i < cfg->n_models; i++) {
+		const struct cfg_model *m = &cfg->models[i];
+		uint32_t s = (uint32_t)name_hash(m->name, m->name_len) & cfg->model_index_mask;
+		while (cfg->model_index[s])
+			s = (s + 1) & cfg->model_index_mask;
+		cfg->model_index[s] = i + 1;
+	}
+}
+
+const struct cfg_model *config_find_model(const struct config *cfg,
+					  const char *name, size_t len)
+{
+	uint32_t s = (uint32_t)name_hash(name, len) & cfg->model_index_mask;
+	for (uint32_t idx; (idx = cfg->model_index[s]); s = (s + 1) & cfg->model_index_mask) {
+		const struct cfg_model *m = &cfg->models[idx - 1];
+		if (m->name_len == len && !memcmp(m->name, name, len))
+			return m;
+	}
+	return NULL;
+}
+
+static const struct cfg_provider *find_provider(const struct config *cfg,
+						const char *name)
+{
+	for (uint32_t i = 0; i < cfg->n_providers; i++)
+		if (!strcmp(cfg->providers[i].name, name))
+			return &cfg->providers[i];
+	return NULL;
+}
+
+static void validate(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+	if (!cfg->n_listen)
+		load_error(ld, 1, "listen: at least one listener is required");
+	if (cfg->limits.max_header_bytes < 1024)
+		load_error(ld, 1, "limits.max_header_bytes: at least 1024");
+	for (uint32_t i = 0; i < cfg->n_models; i++) {
+		struct cfg_model *m = &cfg->models[i];
+		if (!m->provider_name) {
+			load_error(ld, m->line, "models.%s: provider is required", m->name);
+			continue;
+		}
+		m->provider = find_provider(cfg, m->provider_name);
+		if (!m->provider)
+			load_error(ld, m->line, "models.%s: unknown provider '%s'",
+				   m->name, m->provider_name);
+	}
+	build_model_index(ld);
+	for (uint32_t i = 0; i < cfg->n_models; i++) {
+		const struct cfg_model *m = &cfg->models[i];
+		for (uint32_t a = 0; a < m->n_alternatives; a++)
+			if (!config_find_model(cfg, m->alternatives[a],
+					       strlen(m->alternatives[a])))
+				load_error(ld, m->line,
+					   "models.%s: alternative '%s' is not a model",
+					   m->name, m->alternatives[a]);
+	}
+}
+
+static void set_defaults(struct config *cfg)
+{
+	cfg->pin = true;
+	cfg->drain_timeout_ms = 10000;
+	cfg->prices_version = "unversioned";
+	cfg->limits = (struct cfg_limits){
+		.max_header_bytes = 16384,
+		.max_body_bytes = 32u << 20,
+		.header_timeout_ms = 10000,
+		.body_timeout_ms = 60000,
+		.idle_timeout_ms = 60000,
+		.send_timeout_ms = 60000,
+		.max_connections = 20000,
+		.max_requests = 4096,
+	};
+}
+
+struct config *config_load(const char *path, FILE *errs)
+{
+	static atomic_uint_fast64_t generations;
+	struct loader ld = { .path = path, .errs = errs };
+	struct fy_parse_cfg pcfg = { .flags = FYPCF_QUIET };
+	struct fy_document *doc = fy_document_build_from_file(&pcfg, path);
+	if (!doc) {
+		/* libfyaml is quiet here; re-parse noisily for its file:line. */
+		fprintf(errs, "%s:0: cannot read or parse as YAML\n", path);
+		struct fy_parse_cfg loud = { .flags = 0 };
+		struct fy_document *again = fy_document_build_from_file(&loud, path);
+		fy_document_destroy(again);
+		return NULL;
+	}
+	ld.arena = arena_new();
+	ld.cfg = arena_alloc(ld.arena, sizeof(*ld.cfg));
+	ld.cfg->arena = ld.arena;
+	ld.cfg->path = arena_strndup(ld.arena, path, strlen(path));
+	set_defaults(ld.cfg);
+
+	struct fy_node *root = fy_document_root(doc);
+	if (!root || !fy_node_is_mapping(root))
+		load_error(&ld, 1, "top level: expected a mapping");
+	else
+		read_mapping(&ld, NULL, root, top_fields, ARRAY_SIZE(top_fields),
+			     ld.cfg, "top level");
+	if (!ld.n_errors)
+		validate(&ld);
+	fy_document_destroy(doc);
+	if (ld.n_errors) {
+		arena_free(ld.arena);
+		return NULL;
+	}
+	ld.cfg->generation = atomic_fetch_add(&generations, 1) + 1;
+	atomic_init(&ld.cfg->refs, 1);
+	return ld.cfg;
+}
+
+void config_ref(struct config *cfg)
+{
+	atomic_fetch_add_explicit(&cfg->refs, 1, memory_order_relaxed);
+}
+
+void config_unref(struct config *cfg)
+{
+	if (cfg && atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) == 1)
+		arena_free(cfg->arena);
+}

@@ -1,0 +1,28 @@
+/*
+ * config.h — load, check and share configuration generations.
+ */
+#ifndef TOLLGATE_CONFIG_H
+#define TOLLGATE_CONFIG_H
+
+#include <stdio.h>
+
+#include "core/config_types.h"
+
+/*
+ * Loads and validates `path`. On success returns a generation holding one
+ * reference. On failure returns NULL after printing one "file:line: message"
+ * line per problem to `errs` (all problems, not just the first).
+ */
+struct config *config_load(const char *path, FILE *errs);
+
+void config_ref(struct config *cfg);
+void config_unref(struct config *cfg);   /* frees at zero */
+
+/* The model named exactly name[0..len), or NULL. */
+const struct cfg_model *config_find_model(const struct config *cfg,
+					  const char *name, size_t len);
+
+/* Parses "host:port" / "[v6]:port"; returns 0 or -EINVAL. Resolves names. */
+int config_parse_addr(const char *text, struct cfg_addr *out);
+
+#endif

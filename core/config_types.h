@@ -1,0 +1,117 @@
+/*
+ * config_types.h — the loaded configuration (one immutable "generation").
+ *
+ * A generation is built by config_load(), read-only afterwards, and shared by
+ * every shard; a reload builds a new one and shards swap to it at a safe
+ * point. All strings and arrays live in the generation's arena and die with it.
+ */
+#ifndef TOLLGATE_CONFIG_TYPES_H
+#define TOLLGATE_CONFIG_TYPES_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/money.h"
+
+struct arena;
+
+/* A socket address parsed from "host:port" or "[v6]:port". */
+struct cfg_addr {
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	const char *text;          /* as written, for logs */
+};
+
+struct cfg_listen {
+	struct cfg_addr addr;
+	const char *tls_cert;      /* NULL: plain HTTP */
+	const char *tls_key;
+	int line;
+};
+
+enum provider_format { FORMAT_OPENAI, FORMAT_ANTHROPIC };
+
+struct cfg_provider {
+	const char *name;
+	const char *base_url;      /* as written */
+	bool tls;                  /* https:// */
+	const char *host;          /* Host header / SNI */
+	uint16_t port;
+	const char *path_prefix;   /* path of base_url, ends at the API version ("/v1") */
+	uint32_t path_prefix_len;
+	struct cfg_addr addr;      /* resolved at load */
+	enum provider_format format;
+	const char *api_key_env;
+	const char *api_key;       /* value of api_key_env at load, or NULL */
+	uint32_t connect_timeout_ms;
+	uint32_t timeout_ms;       /* request sent -> first response byte */
+	uint32_t idle_timeout_ms;  /* between response bytes, and pooled-idle lifetime */
+	uint32_t max_idle_conns;   /* per shard */
+	const char *ca_file;
+	bool insecure_skip_verify;
+	int index;
+	int line;
+};
+
+enum model_supports {
+	SUPPORTS_TOOLS = 1u << 0,
+	SUPPORTS_JSON_SCHEMA = 1u << 1,
+	SUPPORTS_VISION = 1u << 2,
+};
+
+struct cfg_model {
+	const char *name;
+	uint32_t name_len;
+	const struct cfg_provider *provider;
+	const char *provider_name;   /* as written; resolved to provider */
+	const char *upstream_model;  /* NULL: forward the name as is */
+	usd_micros input_per_mtok;   /* -1: not priced */
+	usd_micros output_per_mtok;  /* -1: not priced */
+	usd_micros cached_input_per_mtok; /* -1: use input price */
+	uint32_t max_output_tokens;
+	uint32_t context_tokens;
+	uint32_t supports;           /* enum model_supports bits */
+	const char *tier;
+	int line;
+	const char **alternatives;
+	uint32_t n_alternatives;
+};
+
+/* Limits on everything a client controls, and the client-side timeouts. */
+struct cfg_limits {
+	uint32_t max_header_bytes;
+	uint64_t max_body_bytes;
+	uint32_t header_timeout_ms;  /* first byte -> end of headers */
+	uint32_t body_timeout_ms;    /* end of headers -> end of body */
+	uint32_t idle_timeout_ms;    /* keep-alive wait for the next request */
+	uint32_t send_timeout_ms;    /* a client that stops reading */
+	uint32_t max_connections;    /* per shard */
+	uint32_t max_requests;       /* in flight per shard */
+};
+
+struct config {
+	const char *path;
+	struct cfg_listen *listen;
+	uint32_t n_listen;
+	struct cfg_addr admin_addr;
+	bool has_admin;
+	const char *admin_token_env;
+	int workers;                 /* 0: auto (online CPUs) */
+	bool pin;
+	uint32_t drain_timeout_ms;
+	struct cfg_limits limits;
+	struct cfg_provider *providers;
+	uint32_t n_providers;
+	struct cfg_model *models;
+	uint32_t n_models;
+	uint32_t *model_index;       /* open-addressing hash: slot -> model+1 */
+	uint32_t model_index_mask;
+	const char *prices_version;
+	uint64_t generation;         /* 1, 2, ... per reload */
+	atomic_int refs;             /* shards (and the loader) holding it */
+	struct arena *arena;
+};
+
+#endif
