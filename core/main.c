@@ -1,0 +1,189 @@
+/*
+ * main.c — the tollgate daemon: parse arguments, load the configuration,
+ * start one shard per worker, then turn signals into shard messages.
+ *
+ *   tollgate -c FILE          run
+ *   tollgate -t -c FILE       check FILE, print file:line errors, exit 0/1
+ *   tollgate --version
+ *   --workers N               override `workers`
+ *
+ * SIGHUP loads the file again and hands the new generation to every shard
+ * (a bad file is reported and the running one kept). SIGTERM/SIGINT drain:
+ * stop accepting, finish what is in flight up to drain_timeout_ms, exit 0.
+ * Exit codes: 0 ok, 1 usage or config error, 2 runtime failure.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/config.h"
+#include "core/defs.h"
+#include "core/log.h"
+#include "core/shard.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: tollgate -c FILE [--workers N]\n"
+		"       tollgate -t -c FILE     check the configuration and exit\n"
+		"       tollgate --version\n");
+}
+
+/* The CPUs this process may run on, in order; returns how many. */
+static int online_cpus(int *cpus, int max)
+{
+	cpu_set_t set;
+	int n = 0;
+	if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+		for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+			if (CPU_ISSET(c, &set))
+				cpus[n++] = c;
+	}
+	if (n == 0)
+		cpus[n++] = 0;
+	return n;
+}
+
+struct options {
+	const char *config_path;
+	bool check_only;
+	int workers;   /* -1: from config */
+};
+
+static int parse_args(int argc, char **argv, struct options *o)
+{
+	static const struct option longopts[] = {
+		{ "version", no_argument, NULL, 'V' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	*o = (struct options){ .workers = -1 };
+	int ch;
+	while ((ch = getopt_long(argc, argv, "c:th", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			o->config_path = optarg;
+			break;
+		case 't':
+			o->check_only = true;
+			break;
+		case 'w': {
+			char *end;
+			long n = strtol(optarg, &end, 10);
+			if (*end || n < 1 || n > 256) {
+				fprintf(stderr, "tollgate: --workers expects 1..256\n");
+				return 1;
+			}
+			o->workers = (int)n;
+			break;
+		}
+		case 'V':
+			printf("tollgate %s\n", TOLLGATE_VERSION);
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	if (optind != argc || !o->config_path) {
+		usage(stderr);
+		return 1;
+	}
+	return 0;
+}
+
+static void reload(struct shard *shards, int n, const char *path)
+{
+	struct config *next = config_load(path, stderr);
+	if (!next) {
+		log_error("reload of %s failed; keeping the running configuration", path);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		config_ref(next);
+		shard_post(&shards[i], SHARD_CMD_RELOAD, next);
+	}
+	config_unref(next);
+	log_info("reload of %s handed to %d shards", path, n);
+}
+
+int main(int argc, char **argv)
+{
+	struct options opt;
+	if (parse_args(argc, argv, &opt))
+		return 1;
+	struct config *cfg = config_load(opt.config_path, stderr);
+	if (!cfg)
+		return 1;
+	if (opt.check_only) {
+		printf("%s: ok\n", opt.config_path);
+		config_unref(cfg);
+		return 0;
+	}
+
+	int cpus[256];
+	int n_cpus = online_cpus(cpus, 256);
+	int workers = opt.workers > 0 ? opt.workers : cfg->workers > 0 ? cfg->workers : n_cpus;
+
+	/* Signals go to this thread only (sigwait below); shards never see
+	 * them, and SIGPIPE is ignored everywhere (sends use MSG_NOSIGNAL). */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct shard *shards = calloc((size_t)workers, sizeof(*shards));
+	if (!shards)
+		return 2;
+	for (int i = 0; i < workers; i++) {
+		int rc = shard_init(&shards[i], i, cfg->pin ? cpus[i % n_cpus] : -1, cfg);
+		if (rc) {
+			log_error("shard %d: start-up failed: %s", i, strerror(-rc));
+			return 2;
+		}
+	}
+	config_unref(cfg);   /* the shards hold it now */
+	for (int i = 0; i < workers; i++) {
+		if (shard_start(&shards[i])) {
+			log_error("cannot start shard %d", i);
+			return 2;
+		}
+	}
+	log_info("tollgate %s: %d workers, config %s", TOLLGATE_VERSION, workers,
+		 opt.config_path);
+
+	for (;;) {
+		int sig;
+		if (sigwait(&sigs, &sig))
+			continue;
+		if (sig == SIGHUP) {
+			reload(shards, workers, opt.config_path);
+			continue;
+		}
+		log_info("signal %d: draining", sig);
+		break;
+	}
+	for (int i = 0; i < workers; i++)
+		shard_post(&shards[i], SHARD_CMD_DRAIN, NULL);
+	int code = 0;
+	for (int i = 0; i < workers; i++) {
+		shard_join(&shards[i]);
+		if (shards[i].exit_code)
+			code = shards[i].exit_code;
+		shard_destroy(&shards[i]);
+	}
+	free(shards);
+	log_info("stopped");
+	return code;
+}

@@ -1,0 +1,406 @@
+/*
+ * shard.c — one event loop per core.
+ *
+ * Each shard owns an io_uring, SO_REUSEPORT listeners with multishot
+ * accept, its connection/exchange pools and timers, and its upstream
+ * keep-alive pools. The loop is: submit what is queued and wait for at
+ * least one completion or the next deadline; dispatch every completion by
+ * the op in its user_data; fire due timers; retry reads starved of buffers.
+ * Nothing here takes a lock; the only cross-thread traffic is the main
+ * thread's mailbox (reload, drain), rung through an eventfd.
+ */
+#include "core/shard.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "net/client.h"
+#include "net/upstream.h"
+
+#define RING_ENTRIES 4096
+#define RING_BUF_SIZE 16384
+#define RING_BUF_COUNT 4096
+
+static uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct io_uring_sqe *shard_sqe(struct shard *s)
+{
+	return ring_sqe(&s->ring);
+}
+
+void shard_timer_arm(struct shard *s, struct timer *t, uint8_t kind, uint32_t ms)
+{
+	t->kind = kind;
+	/* The heap is sized for every connection of the shard; -ENOSPC would
+	 * be a sizing bug, not a runtime condition. */
+	BUG_ON(timer_arm(&s->timers, t, s->now_ms + ms));
+}
+
+static int listen_socket(const struct cfg_addr *addr)
+{
+	int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&addr->sa, addr->salen) ||
+	    listen(fd, 4096)) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+static void post_accept(struct shard *s, uint32_t i)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_multishot_accept(sqe, s->listen_fds[i], NULL, NULL,
+				       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, ring_tag(OP_ACCEPT, &s->listen_fds[i]));
+	s->accepts_armed++;
+}
+
+static void post_wake_read(struct shard *s)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_read(sqe, s->wake_fd, &s->wake_value, sizeof(s->wake_value), 0);
+	io_uring_sqe_set_data64(sqe, ring_tag(OP_WAKE, s));
+}
+
+static int pools_alloc(struct shard *s)
+{
+	s->n_pools = s->cfg->n_providers;
+	s->pools = calloc(s->n_pools ? s->n_pools : 1, sizeof(*s->pools));
+	return s->pools ? 0 : -ENOMEM;
+}
+
+int shard_init(struct shard *s, int id, int cpu, struct config *cfg)
+{
+	memset(s, 0, sizeof(*s));
+	s->id = id;
+	s->cpu = cpu;
+	config_ref(cfg);
+	s->cfg = cfg;
+	s->holds = calloc(1, sizeof(*s->holds));
+	if (!s->holds)
+		return -ENOMEM;
+	s->holds->cfg = cfg;
+	s->now_ms = monotonic_ms();
+	s->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (s->wake_fd < 0)
+		return -errno;
+	/* one timer per client and per upstream connection */
+	int rc = timer_heap_init(&s->timers, cfg->limits.max_connections * 3 + 1024);
+	if (rc || (rc = pools_alloc(s)))
+		return rc;
+	s->listen_fds = calloc(cfg->n_listen, sizeof(int));
+	if (!s->listen_fds)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < cfg->n_listen; i++) {
+		int fd = listen_socket(&cfg->listen[i].addr);
+		if (fd < 0) {
+			log_error("cannot listen on %s: %s", cfg->listen[i].addr.text,
+				  strerror(-fd));
+			return fd;
+		}
+		s->listen_fds[s->n_listen++] = fd;
+	}
+	return 0;
+}
+
+/* ---- messages from the main thread ---- */
+
+static void shard_reload(struct shard *s)
+{
+	struct config *next = atomic_exchange(&s->next_cfg, NULL);
+	if (!next)
+		return;
+	struct cfg_hold *hold = calloc(1, sizeof(*hold));
+	if (!hold) {
+		log_error("reload: out of memory, keeping generation %llu",
+			  (unsigned long long)s->cfg->generation);
+		config_unref(next);
+		return;
+	}
+	/* Pools are per provider of the current generation: empty them, then
+	 * swap. Requests in flight finish on the generation they started on. */
+	upstream_pools_reset(s);
+	free(s->pools);
+	struct cfg_hold *old = s->holds;
+	hold->cfg = next;
+	hold->next = old;
+	s->holds = hold;
+	s->cfg = next;
+	if (old->users == 0) {
+		hold->next = old->next;
+		config_unref(old->cfg);
+		free(old);
+	}
+	if (pools_alloc(s))
+		BUG_ON(1);
+	log_info("reloaded: generation %llu", (unsigned long long)next->generation);
+}
+
+static void shard_drain(struct shard *s)
+{
+	if (s->draining)
+		return;
+	s->draining = true;
+	s->drain_deadline_ms = s->now_ms + s->cfg->drain_timeout_ms;
+	for (uint32_t i = 0; i < s->n_listen; i++) {
+		/* Cancel the multishot accept, then close: the kernel keeps the
+		 * other shards' SO_REUSEPORT sockets serving meanwhile. */
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ring_tag(OP_ACCEPT, &s->listen_fds[i]), 0);
+		io_uring_sqe_set_data64(sqe, ring_tag(OP_IGNORE, NULL));
+	}
+	client_close_idle(s);
+	upstream_pools_reset(s);
+}
+
+static void shard_on_wake(struct shard *s)
+{
+	unsigned cmd = atomic_exchange(&s->mailbox, 0);
+	if (cmd & SHARD_CMD_RELOAD)
+		shard_reload(s);
+	if (cmd & SHARD_CMD_DRAIN)
+		shard_drain(s);
+	post_wake_read(s);
+}
+
+void shard_post(struct shard *s, enum shard_cmd cmd, struct config *cfg)
+{
+	if (cfg) {
+		struct config *old = atomic_exchange(&s->next_cfg, cfg);
+		if (old)
+			config_unref(old);   /* superseded before the shard saw it */
+	}
+	atomic_fetch_or(&s->mailbox, cmd);
+	uint64_t one = 1;
+	ssize_t w = write(s->wake_fd, &one, sizeof(one));
+	(void)w;
+}
+
+/* ---- the loop ---- */
+
+static void on_accept(struct shard *s, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		s->accepts_armed--;
+	if (cqe->res >= 0) {
+		client_accept(s, cqe->res);
+	} else if (cqe->res != -ECANCELED) {
+		log_warn("accept: %s", strerror(-cqe->res));
+	}
+	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->draining) {
+		int *fdp = ring_tag_ptr(cqe->user_data);
+		post_accept(s, (uint32_t)(fdp - s->listen_fds));
+	}
+}
+
+static void dispatch(struct shard *s, struct io_uring_cqe *cqe)
+{
+	void *ptr = ring_tag_ptr(cqe->user_data);
+	switch (ring_tag_op(cqe->user_data)) {
+	case OP_ACCEPT:
+		on_accept(s, cqe);
+		break;
+	case OP_CLIENT_RECV:
+		client_on_recv(ptr, cqe->res, cqe->flags);
+		break;
+	case OP_CLIENT_SEND:
+		client_on_send(ptr, cqe->res);
+		break;
+	case OP_UPSTREAM_CONNECT:
+		upstream_on_connect(ptr, cqe->res);
+		break;
+	case OP_UPSTREAM_SEND:
+		upstream_on_send(ptr, cqe->res);
+		break;
+	case OP_UPSTREAM_RECV:
+		upstream_on_recv(ptr, cqe->res, cqe->flags);
+		break;
+	case OP_WAKE:
+		shard_on_wake(s);
+		break;
+	case OP_IGNORE:
+		break;
+	}
+}
+
+static void fire_timers(struct shard *s)
+{
+	struct timer *t;
+	while ((t = timer_pop_due(&s->timers, s->now_ms))) {
+		if (t->kind >= TIMER_UPSTREAM_CONNECT)
+			upstream_on_timer(container_of(t, struct upstream, timer));
+		else
+			client_on_timer(container_of(t, struct client, timer));
+	}
+}
+
+/* Re-posts reads that found no free buffer, once some came back. */
+static void retry_starved(struct shard *s)
+{
+	if (s->ring.bufs_out >= s->ring.buf_count)
+		return;
+	struct client *c = s->starved_clients;
+	s->starved_clients = NULL;
+	while (c) {
+		struct client *next = c->next_starved;
+		client_retry_recv(c);
+		c = next;
+	}
+	struct upstream *u = s->starved_upstreams;
+	s->starved_upstreams = NULL;
+	while (u) {
+		struct upstream *next = u->next_starved;
+		upstream_retry_recv(u);
+		u = next;
+	}
+}
+
+static bool drain_finished(struct shard *s)
+{
+	if (!s->draining)
+		return false;
+	if (s->n_clients == 0)
+		return true;
+	if (s->now_ms >= s->drain_deadline_ms) {
+		log_warn("drain timeout: closing %u connections", s->n_clients);
+		for (struct client *c = s->clients, *next; c; c = next) {
+			next = c->next;
+			client_abort(c);
+		}
+		return true;
+	}
+	return false;
+}
+
+static void *shard_main(void *arg)
+{
+	struct shard *s = arg;
+	log_set_shard(s->id);
+	/* SINGLE_ISSUER binds the ring to the thread that creates it. */
+	int rc = ring_init(&s->ring, RING_ENTRIES, RING_BUF_COUNT, RING_BUF_SIZE);
+	atomic_store(&s->started, rc ? rc : 1);
+	if (rc) {
+		log_error("io_uring set-up failed: %s", strerror(-rc));
+		s->exit_code = 2;
+		return NULL;
+	}
+	if (s->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(s->cpu, &set);
+		if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+			log_warn("cannot pin to CPU %d", s->cpu);
+	}
+	for (uint32_t i = 0; i < s->n_listen; i++)
+		post_accept(s, i);
+	post_wake_read(s);
+	log_info("shard %d ready (cpu %d, ring %s)", s->id, s->cpu,
+		 s->ring.defer_taskrun ? "single-issuer+defer-taskrun" : "default flags");
+
+	bool stopping = false;
+	while (!stopping || s->n_upstreams || s->n_clients) {
+		uint64_t next = timer_next(&s->timers);
+		uint64_t wait_ms = next == UINT64_MAX ? 1000 :
+				   next > s->now_ms ? MIN(next - s->now_ms, 1000) : 0;
+		if (s->draining)
+			wait_ms = MIN(wait_ms, 50);
+		struct __kernel_timespec ts = { .tv_sec = (long long)wait_ms / 1000,
+						.tv_nsec = (long long)(wait_ms % 1000) * 1000000 };
+		struct io_uring_cqe *cqe;
+		rc = io_uring_submit_and_wait_timeout(&s->ring.uring, &cqe, 1,
+							  wait_ms ? &ts : NULL, NULL);
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN &&
+		    rc != -EBUSY) {
+			log_error("io_uring wait: %s", strerror(-rc));
+			s->exit_code = 2;
+			break;
+		}
+		s->now_ms = monotonic_ms();
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&s->ring.uring, head, cqe) {
+			dispatch(s, cqe);
+			seen++;
+		}
+		io_uring_cq_advance(&s->ring.uring, seen);
+		fire_timers(s);
+		retry_starved(s);
+		if (!stopping && drain_finished(s)) {
+			stopping = true;
+			upstream_pools_reset(s);
+		}
+		if (stopping && s->now_ms > s->drain_deadline_ms + 1000)
+			break;   /* operations that never completed: give up */
+	}
+	io_uring_submit(&s->ring.uring);
+	return NULL;
+}
+
+int shard_start(struct shard *s)
+{
+	int rc = pthread_create(&s->thread, NULL, shard_main, s);
+	if (rc)
+		return -rc;
+	while (!atomic_load(&s->started))
+		sched_yield();
+	rc = atomic_load(&s->started);
+	return rc < 0 ? rc : 0;
+}
+
+void shard_join(struct shard *s)
+{
+	pthread_join(s->thread, NULL);
+}
+
+void shard_destroy(struct shard *s)
+{
+	for (uint32_t i = 0; i < s->n_listen; i++)
+		close(s->listen_fds[i]);
+	free(s->listen_fds);
+	if (atomic_load(&s->started) == 1)
+		ring_exit(&s->ring);
+	timer_heap_free(&s->timers);
+	free(s->pools);
+	while (s->holds) {
+		struct cfg_hold *h = s->holds;
+		s->holds = h->next;
+		config_unref(h->cfg);
+		free(h);
+	}
+	if (s->wake_fd >= 0)
+		close(s->wake_fd);
+	struct client *c;
+	while ((c = s->client_free)) {
+		s->client_free = c->next;
+		free(c);
+	}
+	struct upstream *u;
+	while ((u = s->up_free)) {
+		s->up_free = u->next;
+		free(u);
+	}
+	struct exchange *ex;
+	while ((ex = s->ex_free)) {
+		s->ex_free = ex->next_free;
+		free(ex);
+	}
+}

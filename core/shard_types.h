@@ -1,0 +1,93 @@
+/*
+ * shard_types.h — the per-core runtime: one thread, one io_uring, its own
+ * listeners, pools, timers and upstream keep-alive pools.
+ *
+ * Layout follows the rule "owner-only fields first, shared fields on their
+ * own cache line": only `mailbox` and `next_cfg` are written by another
+ * thread (the main thread posting reload/drain), never on the request path.
+ */
+#ifndef TOLLGATE_SHARD_TYPES_H
+#define TOLLGATE_SHARD_TYPES_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/config_types.h"
+#include "core/defs.h"
+#include "core/timer.h"
+#include "net/conn_types.h"
+#include "net/ring.h"
+
+/* Counters a shard keeps for itself (read racily for stats only). */
+struct shard_stats {
+	uint64_t accepted;
+	uint64_t requests;
+	uint64_t upstream_connects;
+	uint64_t upstream_reuses;
+	uint64_t errors_4xx, errors_5xx;
+	uint64_t refused_no_memory;      /* pool empty: 503 or closed */
+};
+
+/* A provider's idle keep-alive connections (LIFO: warmest first). */
+struct upstream_pool {
+	struct upstream *idle;
+	uint32_t n_idle;
+};
+
+/* A config generation and how many of this shard's exchanges use it. The
+ * head of the list is current; older ones are released at zero users. This
+ * keeps per-request reference counting off shared cache lines. */
+struct cfg_hold {
+	struct config *cfg;
+	uint32_t users;
+	struct cfg_hold *next;
+};
+
+enum shard_cmd {
+	SHARD_CMD_RELOAD = 1u << 0,      /* swap to next_cfg */
+	SHARD_CMD_DRAIN = 1u << 1,       /* stop accepting, finish, exit */
+};
+
+struct shard {
+	/* --- owner-only --- */
+	int id;
+	int cpu;                         /* -1: not pinned */
+	struct ring ring;
+	struct config *cfg;              /* current generation == holds->cfg */
+	struct cfg_hold *holds;          /* current first, then retired ones in use */
+	uint64_t now_ms;                 /* CLOCK_MONOTONIC, per loop turn */
+	struct timer_heap timers;
+	int *listen_fds;
+	uint32_t n_listen;
+	uint32_t accepts_armed;          /* listeners with a live multishot accept */
+
+	struct client *clients;          /* live list */
+	struct client *client_free;
+	uint32_t n_clients;              /* live */
+	struct exchange *ex_free;
+	uint32_t n_exchanges;            /* allocated (live + free) */
+	uint32_t ex_live;
+	struct upstream *up_free;
+	uint32_t n_upstreams;            /* live */
+	struct upstream_pool *pools;     /* one per provider of cfg */
+	uint32_t n_pools;
+	struct client *starved_clients;
+	struct upstream *starved_upstreams;
+
+	bool draining;
+	uint64_t drain_deadline_ms;
+	int wake_fd;                     /* eventfd: the main thread's doorbell */
+	uint64_t wake_value;
+	struct shard_stats stats;
+	pthread_t thread;
+	int exit_code;
+	atomic_int started;              /* 0 pending, 1 running, <0 set-up error */
+
+	/* --- written by the main thread --- */
+	_Alignas(CACHELINE) atomic_uint mailbox;   /* enum shard_cmd bits */
+	_Atomic(struct config *) next_cfg;
+};
+
+#endif

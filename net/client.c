@@ -1,0 +1,382 @@
+/*
+ * client.c — the agent-facing side of a shard.
+ *
+ * A client connection moves IDLE -> HEAD -> BODY -> BUSY -> IDLE ... and to
+ * CLOSING from anywhere. Reads use provided buffers: while a connection
+ * waits it holds no buffer, only this ~250-byte struct. Bytes that arrive
+ * while a request is being answered (a pipelined request, or read-ahead)
+ * stay "stashed" in their buffer and reading pauses until they are parsed,
+ * so one client can never make us hold more than one buffer.
+ *
+ * A request is framed by http1_feed(); once complete it is handed to the
+ * proxy (net/proxy.c), which answers through client_send() and ends with
+ * client_reply_done().
+ */
+#include "net/client.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/shard.h"
+#include "net/http1.h"
+#include "net/proxy.h"
+
+static void client_post_recv(struct client *c);
+static void client_process(struct client *c);
+
+/* ---- lifetime ---- */
+
+static void client_free(struct client *c)
+{
+	struct shard *s = c->shard;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->clients = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->next = s->client_free;
+	c->prev = NULL;
+	s->client_free = c;
+	s->n_clients--;
+}
+
+static void release_buffers(struct client *c)
+{
+	struct ring *r = &c->shard->ring;
+	if (c->in.bid >= 0)
+		ring_buf_return(r, (uint16_t)c->in.bid);
+	c->in.bid = -1;
+	if (c->out.bid >= 0 && !c->out.posted)
+		ring_buf_return(r, (uint16_t)c->out.bid);
+	if (!c->out.posted)
+		c->out.bid = -1;
+}
+
+/* Called after every completion: frees the object once nothing is in flight. */
+static void client_maybe_free(struct client *c)
+{
+	if (c->state == CLIENT_CLOSING && c->inflight == 0) {
+		release_buffers(c);
+		close(c->fd);
+		client_free(c);
+	}
+}
+
+void client_abort(struct client *c)
+{
+	if (c->state == CLIENT_CLOSING)
+		return;
+	struct shard *s = c->shard;
+	c->state = CLIENT_CLOSING;
+	timer_cancel(&s->timers, &c->timer);
+	if (c->ex) {
+		struct exchange *ex = c->ex;
+		c->ex = NULL;
+		proxy_client_gone(ex);
+	}
+	/* shutdown() completes our pending recv/send; the fd is closed when
+	 * the last of them has come back. */
+	shutdown(c->fd, SHUT_RDWR);
+	release_buffers(c);
+	client_maybe_free(c);
+}
+
+void client_accept(struct shard *s, int fd)
+{
+	struct client *c = s->client_free;
+	if (s->n_clients >= s->cfg->limits.max_connections || s->draining) {
+		s->stats.refused_no_memory++;
+		close(fd);
+		return;
+	}
+	if (c) {
+		s->client_free = c->next;
+	} else {
+		c = malloc(sizeof(*c));
+		if (!c) {
+			s->stats.refused_no_memory++;
+			close(fd);
+			return;
+		}
+	}
+	memset(c, 0, sizeof(*c));
+	c->shard = s;
+	c->fd = fd;
+	c->state = CLIENT_IDLE;
+	c->in.bid = -1;
+	c->out.bid = -1;
+	c->next = s->clients;
+	if (s->clients)
+		s->clients->prev = c;
+	s->clients = c;
+	s->n_clients++;
+	s->stats.accepted++;
+
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* A new connection must start a request within the header timeout. */
+	shard_timer_arm(s, &c->timer, TIMER_CLIENT_HEADER,
+			s->cfg->limits.header_timeout_ms);
+	client_post_recv(c);
+}
+
+/* ---- reading ---- */
+
+static void client_post_recv(struct client *c)
+{
+	if (c->recv_posted || c->state == CLIENT_CLOSING || c->in.bid >= 0)
+		return;
+	struct io_uring_sqe *sqe = shard_sqe(c->shard);
+	io_uring_prep_recv(sqe, c->fd, NULL, c->shard->ring.buf_size, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = RING_BUF_GROUP;
+	io_uring_sqe_set_data64(sqe, ring_tag(OP_CLIENT_RECV, c));
+	c->recv_posted = true;
+	c->inflight++;
+}
+
+void client_retry_recv(struct client *c)
+{
+	c->starved = false;
+	c->inflight--;          /* the starvation "operation" is over */
+	client_post_recv(c);
+	client_maybe_free(c);
+}
+
+void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
+{
+	struct shard *s = c->shard;
+	c->recv_posted = false;
+	c->inflight--;
+	if (cqe_flags & IORING_CQE_F_BUFFER) {
+		uint16_t bid = (uint16_t)(cqe_flags >> IORING_CQE_BUFFER_SHIFT);
+		s->ring.bufs_out++;
+		if (res <= 0 || c->state == CLIENT_CLOSING) {
+			ring_buf_return(&s->ring, bid);
+		} else {
+			c->in = (struct stash){ .bid = bid, .off = 0, .len = (uint32_t)res };
+		}
+	}
+	if (c->state == CLIENT_CLOSING) {
+		client_maybe_free(c);
+		return;
+	}
+	if (res == -ENOBUFS) {
+		/* Waiting for a buffer counts as an operation in flight, so the
+		 * object outlives its place on the starved list. */
+		c->starved = true;
+		c->inflight++;
+		c->next_starved = s->starved_clients;
+		s->starved_clients = c;
+		return;
+	}
+	if (res <= 0) {
+		/* EOF or error: the agent went away (mid-stream included). */
+		client_abort(c);
+		return;
+	}
+	client_process(c);
+}
+
+/* Starts a request on the first byte after IDLE. */
+static bool client_begin_request(struct client *c)
+{
+	struct shard *s = c->shard;
+	struct exchange *ex = exchange_get(s);
+	if (!ex) {
+		static const char busy[] =
+			"HTTP/1.1 503 Service Unavailable\r\n"
+			"Content-Type: application/problem+json\r\n"
+			"Content-Length: 97\r\nConnection: close\r\n\r\n"
+			"{\"type\":\"urn:tollgate:problem:overloaded\",\"title\":\"Overloaded\",\"status\":503,\"code\":\"overloaded\"}";
+		s->stats.refused_no_memory++;
+		c->close_after = true;
+		c->state = CLIENT_BUSY;
+		client_send(c, busy, sizeof(busy) - 1, NULL, 0, -1);
+		return false;
+	}
+	ex->client = c;
+	c->ex = ex;
+	c->state = CLIENT_HEAD;
+	shard_timer_arm(s, &c->timer, TIMER_CLIENT_HEADER,
+			s->cfg->limits.header_timeout_ms);
+	return true;
+}
+
+/* Parses stashed bytes until they run out or a request is complete. */
+static void client_process(struct client *c)
+{
+	struct shard *s = c->shard;
+	while (c->in.bid >= 0 && c->state != CLIENT_BUSY && c->state != CLIENT_CLOSING) {
+		if (c->state == CLIENT_IDLE && !client_begin_request(c))
+			break;
+		struct exchange *ex = c->ex;
+		const char *data = (const char *)ring_buf(&s->ring, (uint16_t)c->in.bid) + c->in.off;
+		size_t n = http1_feed(&ex->req, data, c->in.len);
+		c->in.off += (uint32_t)n;
+		c->in.len -= (uint32_t)n;
+		if (c->in.len == 0) {
+			ring_buf_return(&s->ring, (uint16_t)c->in.bid);
+			c->in.bid = -1;
+		}
+		switch (ex->req.event) {
+		case HTTP_NEED_MORE:
+			break;
+		case HTTP_HEAD_DONE:
+			http1_resume(&ex->req);
+			c->state = CLIENT_BODY;
+			shard_timer_arm(s, &c->timer, TIMER_CLIENT_BODY,
+					s->cfg->limits.body_timeout_ms);
+			proxy_request_head(ex);
+			break;
+		case HTTP_MESSAGE_DONE:
+			c->state = CLIENT_BUSY;
+			timer_cancel(&s->timers, &c->timer);
+			c->close_after = !http_should_keep_alive(&ex->req.parser);
+			proxy_request(ex);
+			break;
+		case HTTP_ERROR:
+			/* Framing is lost: answer and close, never guess. */
+			c->state = CLIENT_BUSY;
+			c->close_after = true;
+			timer_cancel(&s->timers, &c->timer);
+			proxy_reply_error(ex, ex->req.error_status);
+			break;
+		}
+	}
+	/* Keep a recv posted while busy too: it is how we see an agent
+	 * disconnect in the middle of a long stream. */
+	client_post_recv(c);
+}
+
+/* ---- writing ---- */
+
+static void client_post_send(struct client *c)
+{
+	struct io_uring_sqe *sqe = shard_sqe(c->shard);
+	io_uring_prep_sendmsg(sqe, c->fd, &c->out.msg, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, ring_tag(OP_CLIENT_SEND, c));
+	c->out.posted = true;
+	c->inflight++;
+	shard_timer_arm(c->shard, &c->timer, TIMER_CLIENT_SEND,
+			c->shard->cfg->limits.send_timeout_ms);
+}
+
+void client_send(struct client *c, const void *a, size_t alen,
+		 const void *b, size_t blen, int32_t bid)
+{
+	BUG_ON_HOT(c->out.posted);
+	if (c->state == CLIENT_CLOSING) {
+		if (bid >= 0)
+			ring_buf_return(&c->shard->ring, (uint16_t)bid);
+		return;
+	}
+	struct sendq *q = &c->out;
+	int n = 0;
+	if (alen)
+		q->iov[n++] = (struct iovec){ (void *)a, alen };
+	if (blen)
+		q->iov[n++] = (struct iovec){ (void *)b, blen };
+	q->msg = (struct msghdr){ .msg_iov = q->iov, .msg_iovlen = (size_t)n };
+	q->bid = bid;
+	client_post_send(c);
+}
+
+/* Drops `sent` bytes from the front of the queue; true when all sent. */
+static bool sendq_advance(struct sendq *q, size_t sent)
+{
+	while (q->msg.msg_iovlen && sent >= q->msg.msg_iov[0].iov_len) {
+		sent -= q->msg.msg_iov[0].iov_len;
+		q->msg.msg_iov++;
+		q->msg.msg_iovlen--;
+	}
+	if (q->msg.msg_iovlen) {
+		q->msg.msg_iov[0].iov_base = (char *)q->msg.msg_iov[0].iov_base + sent;
+		q->msg.msg_iov[0].iov_len -= sent;
+	}
+	return q->msg.msg_iovlen == 0;
+}
+
+void client_on_send(struct client *c, int res)
+{
+	struct shard *s = c->shard;
+	c->inflight--;
+	c->out.posted = false;
+	if (c->state == CLIENT_CLOSING || res < 0) {
+		if (c->out.bid >= 0)
+			ring_buf_return(&s->ring, (uint16_t)c->out.bid);
+		c->out.bid = -1;
+		if (c->state != CLIENT_CLOSING)
+			client_abort(c);
+		client_maybe_free(c);
+		return;
+	}
+	if (!sendq_advance(&c->out, (size_t)res)) {
+		client_post_send(c);
+		return;
+	}
+	timer_cancel(&s->timers, &c->timer);
+	if (c->out.bid >= 0) {
+		ring_buf_return(&s->ring, (uint16_t)c->out.bid);
+		c->out.bid = -1;
+	}
+	if (c->ex)
+		proxy_client_sent(c->ex);
+	else if (c->close_after)
+		client_abort(c);   /* a reply sent without an exchange (503 busy) */
+}
+
+void client_reply_done(struct client *c)
+{
+	struct shard *s = c->shard;
+	c->ex = NULL;
+	if (c->close_after || s->draining) {
+		client_abort(c);
+		return;
+	}
+	c->state = CLIENT_IDLE;
+	shard_timer_arm(s, &c->timer, TIMER_CLIENT_IDLE, s->cfg->limits.idle_timeout_ms);
+	if (c->in.bid >= 0)
+		client_process(c);    /* a pipelined request is waiting */
+	else
+		client_post_recv(c);
+}
+
+void client_on_timer(struct client *c)
+{
+	struct shard *s = c->shard;
+	switch (c->timer.kind) {
+	case TIMER_CLIENT_HEADER:
+	case TIMER_CLIENT_BODY:
+		if (c->ex && c->state != CLIENT_IDLE) {
+			/* 408 and close: the agent is too slow to send a request. */
+			c->state = CLIENT_BUSY;
+			c->close_after = true;
+			proxy_reply_error(c->ex, 408);
+			return;
+		}
+		client_abort(c);
+		return;
+	case TIMER_CLIENT_IDLE:
+	case TIMER_CLIENT_SEND:
+	default:
+		(void)s;
+		client_abort(c);
+		return;
+	}
+}
+
+void client_close_idle(struct shard *s)
+{
+	for (struct client *c = s->clients, *next; c; c = next) {
+		next = c->next;
+		if (c->state == CLIENT_IDLE)
+			client_abort(c);
+	}
+}

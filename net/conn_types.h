@@ -1,0 +1,150 @@
+/*
+ * conn_types.h — a shard's connection objects and the exchange that ties a
+ * client request to an upstream reply.
+ *
+ * Lifetime rule: every object counts its io_uring operations in flight
+ * (`inflight`); closing shuts the socket down so those complete, and the
+ * object returns to its pool only when the count reaches zero.
+ */
+#ifndef TOLLGATE_CONN_TYPES_H
+#define TOLLGATE_CONN_TYPES_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "core/config_types.h"
+#include "core/timer.h"
+#include "net/http1_types.h"
+
+struct shard;
+struct exchange;
+struct cfg_hold;
+
+enum timer_kind {
+	TIMER_CLIENT_HEADER = 1,  /* first byte of a request -> end of its head */
+	TIMER_CLIENT_BODY,        /* end of head -> end of body */
+	TIMER_CLIENT_IDLE,        /* keep-alive wait */
+	TIMER_CLIENT_SEND,        /* client not reading our reply */
+	TIMER_UPSTREAM_CONNECT = 16,
+	TIMER_UPSTREAM_FIRST_BYTE,
+	TIMER_UPSTREAM_IDLE,      /* silence in the middle of a reply */
+	TIMER_UPSTREAM_POOLED,    /* idle in the keep-alive pool */
+};
+
+/* No buffer is held while a connection waits: recv picks a provided
+ * buffer only when bytes arrive. Bytes received but not yet parsed (read
+ * ahead, pipelined requests) stay in that buffer: the "stash". */
+struct stash {
+	int32_t bid;              /* provided buffer id, -1: empty */
+	uint32_t off, len;
+};
+
+/* One pending send: up to four pieces, advanced on partial completion. */
+#define SENDQ_MAX_IOV 4
+struct sendq {
+	struct msghdr msg;
+	struct iovec iov[SENDQ_MAX_IOV];
+	int32_t bid;              /* provided buffer to return when sent, or -1 */
+	bool posted;
+};
+
+enum client_state {
+	CLIENT_IDLE,              /* keep-alive, no request started */
+	CLIENT_HEAD,              /* reading a request head */
+	CLIENT_BODY,              /* reading a request body */
+	CLIENT_BUSY,              /* an exchange is answering the request */
+	CLIENT_CLOSING,           /* shut down; freed when inflight == 0 */
+};
+
+struct client {
+	struct shard *shard;
+	int fd;
+	uint8_t state;            /* enum client_state */
+	bool recv_posted;
+	bool starved;             /* recv got -ENOBUFS; retried when buffers return */
+	bool close_after;         /* close once the current reply is sent */
+	uint16_t inflight;
+	struct timer timer;
+	struct stash in;
+	struct sendq out;
+	struct exchange *ex;      /* the request being answered, or NULL */
+	struct client *prev, *next;   /* the shard's live list, or free list */
+	struct client *next_starved;
+};
+
+enum upstream_state {
+	UP_CONNECTING,
+	UP_BUSY,                  /* owned by an exchange */
+	UP_IDLE,                  /* in its provider's keep-alive pool */
+	UP_CLOSING,
+};
+
+struct upstream {
+	struct shard *shard;
+	int fd;
+	uint8_t state;            /* enum upstream_state */
+	bool recv_posted;
+	bool starved;
+	bool reused;              /* served an earlier request */
+	uint16_t inflight;
+	int provider;             /* index in the generation below */
+	uint64_t generation;      /* config generation it was opened under */
+	struct timer timer;
+	struct sendq out;
+	struct exchange *ex;
+	struct upstream *next;    /* pool or free list */
+	struct upstream *next_starved;
+};
+
+enum exchange_state {
+	EX_REQUEST,               /* reading the client's request */
+	EX_CONNECT,               /* waiting for an upstream connection */
+	EX_SEND,                  /* request going upstream */
+	EX_AWAIT_HEAD,            /* waiting for the reply head */
+	EX_RELAY,                 /* reply body flowing to the client */
+	EX_LOCAL,                 /* sending a reply we generated */
+};
+
+/*
+ * One request/response pair. Its buffers come with it from the shard's
+ * exchange pool:
+ *   req_head   compacted request head (limits.max_header_bytes)
+ *   out        the head we send: upstream request, then the client reply head
+ *   resp_head  compacted upstream reply head
+ *   body       the request body: inline up to EX_INLINE_BODY, else heap
+ */
+#define EX_INLINE_BODY 16384
+#define EX_RESP_HEAD 16384
+
+struct exchange {
+	struct client *client;
+	struct upstream *up;
+	struct config *cfg;       /* generation the request was routed under */
+	struct cfg_hold *hold;    /* the shard's use count for cfg */
+	const struct cfg_model *model;
+	const struct cfg_provider *provider;
+	uint8_t state;            /* enum exchange_state */
+	bool retried;             /* already retried on a fresh connection */
+	bool up_reused;           /* the current upstream served earlier requests */
+	bool resp_complete;       /* reply fully received */
+	bool resp_keepalive;      /* upstream may be pooled after the reply */
+	bool resp_extra;          /* upstream sent bytes past the reply */
+	bool resp_close_delimited;/* reply body ends at upstream EOF */
+	uint16_t status;          /* status sent to the client */
+	uint64_t resp_bytes;      /* reply bytes received from upstream */
+	struct iovec req_iov[SENDQ_MAX_IOV]; /* the upstream request, kept for a retry */
+	int req_iov_n;
+	struct http_msg req;
+	struct http_msg resp;
+	char *body;
+	uint64_t body_len, body_cap;
+	char *out;
+	uint32_t out_len, out_cap;
+	struct exchange *next_free;
+	char *inline_body;        /* EX_INLINE_BODY bytes after the struct */
+	uint32_t head_cap;        /* req_head capacity this exchange was built with */
+};
+
+#endif

@@ -1,0 +1,245 @@
+/*
+ * http1.c — http-parser callbacks that compact a head into spans, pause at
+ * head end and message end, and hand body bytes to the owner.
+ *
+ * Pausing is what makes pipelining and raw relaying simple: http1_feed()
+ * returns exactly where the head or the message ended, so the caller knows
+ * which bytes are head, which are body and which belong to the next message.
+ */
+#include "net/http1.h"
+
+#include <limits.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/defs.h"
+
+static struct http_msg *msg_of(http_parser *p)
+{
+	return container_of(p, struct http_msg, parser);
+}
+
+/* Appends data to the head, continuing the span of `part` if it was the
+ * last one written (callbacks split elements at read boundaries). */
+static int head_append(struct http_msg *m, enum http_head_part part,
+		       const char *data, size_t len)
+{
+	struct http_head *h = &m->head;
+	if (h->too_large)
+		return -1;
+	if (h->len + len > h->cap) {
+		h->too_large = true;
+		return -1;
+	}
+	struct http_span *span;
+	if (part == PART_URL) {
+		span = &h->url;
+		if (h->part != PART_URL)
+			*span = (struct http_span){ .off = h->len };
+	} else if (part == PART_NAME) {
+		if (h->part != PART_NAME) {
+			if (h->n_fields == HTTP_MAX_FIELDS) {
+				h->too_large = true;
+				return -1;
+			}
+			h->fields[h->n_fields++] = (struct http_field){
+				.name = { .off = h->len } };
+		}
+		span = &h->fields[h->n_fields - 1].name;
+	} else {
+		span = &h->fields[h->n_fields - 1].value;
+		if (h->part != PART_VALUE)
+			*span = (struct http_span){ .off = h->len };
+	}
+	memcpy(h->buf + h->len, data, len);
+	h->len += (uint32_t)len;
+	span->len += (uint32_t)len;
+	h->part = (uint8_t)part;
+	return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+	return head_append(msg_of(p), PART_URL, at, len);
+}
+
+static int on_field(http_parser *p, const char *at, size_t len)
+{
+	return head_append(msg_of(p), PART_NAME, at, len);
+}
+
+static int on_value(http_parser *p, const char *at, size_t len)
+{
+	return head_append(msg_of(p), PART_VALUE, at, len);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+	struct http_msg *m = msg_of(p);
+	m->head_done = true;
+	m->event = HTTP_HEAD_DONE;
+	http_parser_pause(p, 1);
+	return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+	struct http_msg *m = msg_of(p);
+	if (!m->on_body)
+		return 0;
+	int status = m->on_body(m, at, len);
+	if (status) {
+		m->body_status = (uint16_t)status;
+		return -1;
+	}
+	return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+	struct http_msg *m = msg_of(p);
+	m->event = HTTP_MESSAGE_DONE;
+	http_parser_pause(p, 1);
+	return 0;
+}
+
+static const http_parser_settings settings = {
+	.on_url = on_url,
+	.on_header_field = on_field,
+	.on_header_value = on_value,
+	.on_headers_complete = on_headers_complete,
+	.on_body = on_body,
+	.on_message_complete = on_message_complete,
+};
+
+void http1_init(struct http_msg *m, enum http_parser_type type, char *buf,
+		uint32_t cap, http_body_fn body_fn, void *owner)
+{
+	http_parser_init(&m->parser, type);
+	m->head = (struct http_head){ .buf = buf, .cap = cap };
+	m->on_body = body_fn;
+	m->owner = owner;
+	m->event = HTTP_NEED_MORE;
+	m->head_done = false;
+	m->prev_cr = false;
+	m->error_status = 0;
+	m->body_status = 0;
+}
+
+/* True if data[0..len) holds an LF not preceded by CR. HTTP/1.1 lets a
+ * recipient accept bare LF; a gateway in front of other parsers must not,
+ * or the two may disagree on where the head ends. */
+static bool has_bare_lf(struct http_msg *m, const char *data, size_t len)
+{
+	const char *p = data, *end = data + len;
+	while ((p = memchr(p, '\n', (size_t)(end - p)))) {
+		bool cr = p > data ? p[-1] == '\r' : m->prev_cr;
+		if (!cr)
+			return true;
+		p++;
+	}
+	if (len)
+		m->prev_cr = data[len - 1] == '\r';
+	return false;
+}
+
+static void fail(struct http_msg *m, uint16_t status)
+{
+	m->event = HTTP_ERROR;
+	m->error_status = status;
+}
+
+size_t http1_feed(struct http_msg *m, const char *data, size_t len)
+{
+	bool in_head = !m->head_done;
+	m->event = HTTP_NEED_MORE;
+	size_t n = http_parser_execute(&m->parser, &settings, data, len);
+	enum http_errno err = HTTP_PARSER_ERRNO(&m->parser);
+
+	if (in_head) {
+		/* Paused at head end, the parser stopped on the final LF. */
+		size_t head_bytes = m->head_done ? MIN(n + 1, len) : n;
+		if (has_bare_lf(m, data, head_bytes)) {
+			fail(m, 400);
+			return n;
+		}
+	}
+	if (err == HPE_OK || err == HPE_PAUSED)
+		return n;
+	if (m->head.too_large || err == HPE_HEADER_OVERFLOW)
+		fail(m, 431);
+	else if (m->body_status)
+		fail(m, m->body_status);
+	else
+		fail(m, 400);
+	return n;
+}
+
+void http1_resume(struct http_msg *m)
+{
+	http_parser_pause(&m->parser, 0);
+	m->event = HTTP_NEED_MORE;
+}
+
+void http1_feed_eof(struct http_msg *m)
+{
+	m->event = HTTP_NEED_MORE;
+	http_parser_execute(&m->parser, &settings, NULL, 0);
+	enum http_errno err = HTTP_PARSER_ERRNO(&m->parser);
+	if (err != HPE_OK && err != HPE_PAUSED)
+		fail(m, 502);
+}
+
+bool http1_field_is(const struct http_head *h, uint16_t i, const char *name)
+{
+	size_t n = strlen(name);
+	return h->fields[i].name.len == n &&
+	       !strncasecmp(h->buf + h->fields[i].name.off, name, n);
+}
+
+const char *http1_field(const struct http_head *h, const char *name, uint32_t *len)
+{
+	for (uint16_t i = 0; i < h->n_fields; i++) {
+		if (http1_field_is(h, i, name)) {
+			*len = h->fields[i].value.len;
+			return h->buf + h->fields[i].value.off;
+		}
+	}
+	return NULL;
+}
+
+const char *http1_reason(unsigned status)
+{
+	switch (status) {
+	case 100: return "Continue";
+	case 200: return "OK";
+	case 201: return "Created";
+	case 204: return "No Content";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 402: return "Payment Required";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 413: return "Content Too Large";
+	case 423: return "Locked";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+	}
+}
+
+bool http1_body_until_eof(const struct http_msg *m)
+{
+	const http_parser *p = &m->parser;
+	if (p->type != HTTP_RESPONSE || (p->flags & F_CHUNKED))
+		return false;
+	if (p->status_code / 100 == 1 || p->status_code == 204 || p->status_code == 304)
+		return false;
+	return p->content_length == ULLONG_MAX;
+}

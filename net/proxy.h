@@ -1,0 +1,34 @@
+/*
+ * proxy.h — the exchange: route a complete request, forward it, relay the
+ * reply, or answer locally (net/proxy.c, net/reply.c).
+ */
+#ifndef TOLLGATE_PROXY_H
+#define TOLLGATE_PROXY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/conn_types.h"
+
+struct exchange *exchange_get(struct shard *s);   /* NULL: pool exhausted */
+
+/* From the client side. */
+void proxy_request_head(struct exchange *ex);     /* head parsed, body follows */
+void proxy_request(struct exchange *ex);          /* whole request read */
+void proxy_reply_error(struct exchange *ex, unsigned status); /* framing error */
+void proxy_client_sent(struct exchange *ex);      /* a client send finished */
+void proxy_client_gone(struct exchange *ex);      /* client closed: drop all */
+
+/* From the upstream side. */
+void proxy_upstream_ready(struct exchange *ex);   /* connected or pooled */
+void proxy_upstream_sent(struct exchange *ex);
+void proxy_upstream_data(struct exchange *ex, const char *data, size_t len, int32_t bid);
+void proxy_upstream_closed(struct exchange *ex, int err); /* EOF (0) or -errno */
+void proxy_upstream_timeout(struct exchange *ex, uint8_t kind);
+
+/* Local replies (net/reply.c). */
+void reply_problem(struct exchange *ex, unsigned status, const char *code,
+		   const char *detail);
+void reply_models(struct exchange *ex);
+
+#endif

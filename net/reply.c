@@ -1,0 +1,98 @@
+/*
+ * reply.c — replies tollgate writes itself: RFC 9457 problems and the model
+ * list. Built into the exchange's out buffer, sent with one send.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/money.h"
+#include "core/shard.h"
+#include "net/client.h"
+#include "net/http1.h"
+#include "net/proxy.h"
+
+/* JSON-escapes s into out (cap bytes); returns length written. */
+static size_t json_escape(char *out, size_t cap, const char *s)
+{
+	size_t n = 0;
+	for (; *s && n + 7 < cap; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			out[n++] = '\\';
+			out[n++] = (char)c;
+		} else if (c < 0x20) {
+			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	out[n] = '\0';
+	return n;
+}
+
+/* Sends ex->out[head_start..) as a complete local reply. */
+static void send_local(struct exchange *ex, unsigned status, const char *type,
+		       const char *body, size_t body_len)
+{
+	struct client *c = ex->client;
+	int n = snprintf(ex->out, ex->out_cap,
+			 "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
+			 status, http1_reason(status), type, body_len,
+			 c->close_after ? "Connection: close\r\n" : "");
+	size_t head = (size_t)n;
+	if (head + body_len > ex->out_cap)
+		body_len = 0;    /* callers size bodies to fit; never overflow */
+	memmove(ex->out + head, body, body_len);
+	ex->out_len = (uint32_t)(head + body_len);
+	ex->status = (uint16_t)status;
+	ex->state = EX_LOCAL;
+	c->state = CLIENT_BUSY;
+	client_send(c, ex->out, ex->out_len, NULL, 0, -1);
+}
+
+void reply_problem(struct exchange *ex, unsigned status, const char *code,
+		   const char *detail)
+{
+	char esc[512], body[1024];
+	json_escape(esc, sizeof(esc), detail);
+	int n = snprintf(body, sizeof(body),
+			 "{\"type\":\"urn:tollgate:problem:%s\",\"title\":\"%s\","
+			 "\"status\":%u,\"detail\":\"%s\",\"code\":\"%s\"}",
+			 code, http1_reason(status), status, esc, code);
+	send_local(ex, status, "application/problem+json", body,
+		   (size_t)n < sizeof(body) ? (size_t)n : sizeof(body) - 1);
+}
+
+static size_t put_price(char *out, size_t cap, const char *name, usd_micros v)
+{
+	if (v < 0)
+		return (size_t)snprintf(out, cap, "\"%s\":null", name);
+	char num[32];
+	money_format(v, num, sizeof(num));
+	return (size_t)snprintf(out, cap, "\"%s\":\"%s\"", name, num);
+}
+
+void reply_models(struct exchange *ex)
+{
+	/* The list is written into the (unused) request body buffer: it can
+	 * grow with the number of models, the out buffer cannot. */
+	const struct config *cfg = ex->cfg;
+	char *b = ex->inline_body;
+	size_t cap = EX_INLINE_BODY, n = 0;
+	n += (size_t)snprintf(b + n, cap - n, "{\"object\":\"list\",\"data\":[");
+	for (uint32_t i = 0; i < cfg->n_models && n + 512 < cap; i++) {
+		const struct cfg_model *m = &cfg->models[i];
+		n += (size_t)snprintf(b + n, cap - n,
+			"%s{\"id\":\"%s\",\"object\":\"model\",\"owned_by\":\"%s\","
+			"\"context_tokens\":%u,\"max_output_tokens\":%u,\"pricing\":{",
+			i ? "," : "", m->name, m->provider->name, m->context_tokens,
+			m->max_output_tokens);
+		n += put_price(b + n, cap - n, "input_usd_per_mtok", m->input_per_mtok);
+		b[n++] = ',';
+		n += put_price(b + n, cap - n, "output_usd_per_mtok", m->output_per_mtok);
+		n += (size_t)snprintf(b + n, cap - n, "}}");
+	}
+	n += (size_t)snprintf(b + n, cap - n, "],\"prices_version\":\"%s\"}", cfg->prices_version);
+	send_local(ex, 200, "application/json", b, n);
+}

@@ -1,0 +1,56 @@
+/*
+ * tollctl — tollgate's admin CLI.
+ *
+ * This first version carries `keygen` (a new virtual key and the SHA-256
+ * hash that goes in the config) and --version. The admin-API and ledger
+ * subcommands of SPEC §1 arrive with the budget and ledger work; until then
+ * they fail with a clear message and exit 1 rather than pretend.
+ */
+#include <fcntl.h>
+#include <mbedtls/sha256.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/defs.h"
+
+static int keygen(void)
+{
+	unsigned char raw[24];
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, raw, sizeof(raw)) != (ssize_t)sizeof(raw)) {
+		perror("tollctl: /dev/urandom");
+		return 2;
+	}
+	close(fd);
+	static const char alphabet[] =
+		"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+	char key[64] = "tg-";
+	size_t n = 3;
+	for (size_t i = 0; i < sizeof(raw); i++)
+		key[n++] = alphabet[raw[i] % 62];
+	key[n] = '\0';
+	unsigned char digest[32];
+	mbedtls_sha256_ret((const unsigned char *)key, n, digest, 0);
+	printf("key: %s\nsecret_sha256: ", key);
+	for (size_t i = 0; i < sizeof(digest); i++)
+		printf("%02x", digest[i]);
+	printf("\n");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && !strcmp(argv[1], "--version")) {
+		printf("tollctl %s\n", TOLLGATE_VERSION);
+		return 0;
+	}
+	if (argc >= 2 && !strcmp(argv[1], "keygen"))
+		return keygen();
+	if (argc >= 2) {
+		fprintf(stderr, "tollctl: '%s' is not available in this version\n", argv[1]);
+		return 1;
+	}
+	fprintf(stderr, "usage: tollctl keygen | --version\n");
+	return 1;
+}
