@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds each libFuzzer harness with clang (ASan+UBSan) and runs it for
+# SECONDS (default 30) on its seed corpus. A crash fails the run.
+# Usage: tests/fuzz/run.sh [SECONDS]
+set -eu
+cd "$(dirname "$0")/../.."
+secs=${1:-30}
+out=build-fuzz
+mkdir -p "$out"
+CFLAGS="-std=gnu17 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
+declare -A srcs=(
+  [http1_request]="net/http1.c"
+  [http1_response]="net/http1.c"
+  [json_scan]="core/json_scan.c"
+  [config]="core/config.c core/arena.c core/money.c core/log.c"
+)
+declare -A libs=(
+  [http1_request]="-lhttp_parser" [http1_response]="-lhttp_parser"
+  [json_scan]="" [config]="-lfyaml -lxxhash -ldl"
+)
+fail=0
+for h in http1_request http1_response json_scan config; do
+  # shellcheck disable=SC2086
+  clang $CFLAGS tests/fuzz/$h.c ${srcs[$h]} -o "$out/$h" ${libs[$h]}
+  mkdir -p "$out/corpus-$h"
+  if "$out/$h" -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=0 \
+       "$out/corpus-$h" "tests/fuzz/corpus/$h" >"$out/$h.log" 2>&1; then
+    echo "fuzz $h: ok ($(grep -c . "$out/$h.log" || true) log lines, ${secs}s)"
+  else
+    echo "fuzz $h: FAILED — see $out/$h.log"; tail -30 "$out/$h.log"; fail=1
+  fi
+done
+exit $fail

@@ -1,0 +1,42 @@
+/* Unit tests for core/timer.c: heap order under arm, move and cancel. */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "core/timer.h"
+#include "tests/unit/check.h"
+
+#define N 1000
+
+int main(void)
+{
+	struct timer_heap h;
+	CHECK(timer_heap_init(&h, N) == 0);
+	static struct timer t[N];
+	srand(7);
+	for (int i = 0; i < N; i++)
+		CHECK(timer_arm(&h, &t[i], (uint64_t)(rand() % 10000)) == 0);
+	struct timer extra = { 0 };
+	CHECK(timer_arm(&h, &extra, 1) == -ENOSPC);
+	/* move half of them, cancel a quarter */
+	for (int i = 0; i < N; i += 2)
+		CHECK(timer_arm(&h, &t[i], (uint64_t)(rand() % 10000)) == 0);
+	for (int i = 1; i < N; i += 4)
+		timer_cancel(&h, &t[i]);
+	CHECK(!timer_armed(&t[1]));
+	timer_cancel(&h, &t[1]);   /* cancelling twice is harmless */
+
+	uint64_t last = 0;
+	int popped = 0;
+	CHECK(timer_pop_due(&h, 0) == NULL || timer_next(&h) == 0);
+	struct timer *x;
+	while ((x = timer_pop_due(&h, UINT64_MAX - 1))) {
+		CHECK(x->deadline_ms >= last);
+		CHECK(!timer_armed(x));
+		last = x->deadline_ms;
+		popped++;
+	}
+	CHECK(popped == N - N / 4);
+	CHECK(timer_next(&h) == UINT64_MAX);
+	timer_heap_free(&h);
+	return check_report("core/timer");
+}
