@@ -92,9 +92,7 @@ asan:
 # The full suite: release build, then the same tests under ASan+UBSan.
 test:
 	$(Q)tools/install-deps.sh test
-	$(Q)$(MAKE) --no-print-directory unit e2e
-	$(Q)$(MAKE) --no-print-directory SAN=1 unit e2e
-	$(Q)$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+	$(Q)tests/run-all.sh
 
 FUZZ_SECONDS ?= 30
 fuzz: deps

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "core/config.h"
 #include "core/defs.h"
@@ -127,6 +128,13 @@ int main(int argc, char **argv)
 		printf("%s: ok\n", opt.config_path);
 		config_unref(cfg);
 		return 0;
+	}
+
+	/* Every connection is a descriptor: take all the kernel allows. */
+	struct rlimit nofile;
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+		nofile.rlim_cur = nofile.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &nofile);
 	}
 
 	int cpus[256];
