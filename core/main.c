@@ -26,6 +26,10 @@
 #include "core/log.h"
 #include "core/shard.h"
 
+/* jemalloc reads this at start: return freed memory to the kernel within a
+ * second, from its own thread, so a burst does not leave RSS behind. */
+const char *malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
 static void usage(FILE *out)
 {
 	fprintf(out,

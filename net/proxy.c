@@ -37,6 +37,8 @@
 
 /* ---- the exchange pool ---- */
 
+#define EX_POOL_KEEP 256     /* free exchanges kept per shard */
+
 static int on_request_body(struct http_msg *m, const char *data, size_t len);
 
 static size_t exchange_size(uint32_t head_cap)
@@ -95,8 +97,11 @@ static void exchange_put(struct shard *s, struct exchange *ex)
 		free(hold);
 	}
 	s->ex_live--;
-	if (ex->head_cap != s->cfg->limits.max_header_bytes) {
-		free(ex);          /* built for an older limit */
+	/* Keep a warm pool, but give a burst's worth back: idle keep-alive
+	 * connections must not pin memory sized for their peak. */
+	if (ex->head_cap != s->cfg->limits.max_header_bytes ||
+	    s->n_exchanges - s->ex_live > EX_POOL_KEEP) {
+		free(ex);
 		s->n_exchanges--;
 		return;
 	}
