@@ -650,6 +650,257 @@ static int section_models(struct loader *ld, struct fy_node *k,
 	return rc;
 }
 
+/* ---- budgets, principals, keys ---- */
+
+/* Reads a scalar that must be one of names[]; returns its index or -1. */
+static int read_enum(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		     const char *const *names, int n)
+{
+	size_t len;
+	const char *s = scalar(ld, k, v, &len);
+	if (!s)
+		return -1;
+	for (int i = 0; i < n; i++)
+		if (strlen(names[i]) == len && !strncmp(s, names[i], len))
+			return i;
+	char list[256] = "";
+	for (int i = 0; i < n; i++)
+		snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+			 i ? ", " : "", names[i]);
+	load_error(ld, node_line(k), "%s: '%.*s' is not one of %s",
+		   fy_node_get_scalar0(k), (int)len, s, list);
+	return -1;
+}
+
+static const char *const window_names[] = { "run", "hour", "day", "week", "month", "total" };
+static const char *const mode_names[] = { "advisory_estimate", "soft_gate", "hard_gate",
+					  "actuals_only" };
+
+static int budget_window(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	int w = read_enum(ld, k, v, window_names, (int)ARRAY_SIZE(window_names));
+	((struct cfg_budget *)obj)->window = (uint8_t)w;
+	return w < 0 ? -EINVAL : 0;
+}
+
+static int budget_mode(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	int m = read_enum(ld, k, v, mode_names, (int)ARRAY_SIZE(mode_names));
+	((struct cfg_budget *)obj)->mode = (uint8_t)m;
+	return m < 0 ? -EINVAL : 0;
+}
+
+static int budget_on_exceed(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	static const char *const names[] = { "block", "downgrade" };
+	int e = read_enum(ld, k, v, names, 2);
+	((struct cfg_budget *)obj)->downgrade = e == 1;
+	return e < 0 ? -EINVAL : 0;
+}
+
+static int budget_alert_at(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	struct cfg_budget *b = obj;
+	if (!v || !fy_node_is_sequence(v)) {
+		load_error(ld, node_line(k), "alert_at: expected a list of fractions");
+		return -EINVAL;
+	}
+	void *it = NULL;
+	struct fy_node *item;
+	while ((item = fy_node_sequence_iterate(v, &it))) {
+		usd_micros ppm;    /* a fraction parses like money: six decimals */
+		if (read_money(ld, k, item, &ppm))
+			return -EINVAL;
+		if (ppm <= 0 || ppm > 1000000 || b->n_alerts == CFG_MAX_ALERTS) {
+			load_error(ld, node_line(k),
+				   "alert_at: fractions in (0, 1], at most %d", CFG_MAX_ALERTS);
+			return -EINVAL;
+		}
+		b->alert_ppm[b->n_alerts++] = (uint32_t)ppm;
+	}
+	return 0;
+}
+
+static const struct field budget_fields[] = {
+	ROW("limit", F_MONEY, struct cfg_budget, limit, 0, 0),
+	CUSTOM("window", budget_window),
+	CUSTOM("mode", budget_mode),
+	ROW("soft_margin", F_MONEY, struct cfg_budget, soft_margin, 0, 0),
+	CUSTOM("alert_at", budget_alert_at),
+	CUSTOM("on_exceed", budget_on_exceed),
+};
+
+static int read_budget(struct loader *ld, struct fy_node *k, struct fy_node *v,
+		       struct cfg_budget *b)
+{
+	*b = (struct cfg_budget){ .present = true, .limit = -1, .window = WINDOW_TOTAL,
+				  .mode = MODE_HARD_GATE, .line = node_line(k) };
+	if (read_mapping(ld, k, v, budget_fields, ARRAY_SIZE(budget_fields), b, "budget"))
+		return -EINVAL;
+	if (b->limit < 0) {
+		load_error(ld, b->line, "budget: limit is required");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int principal_budget(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	return read_budget(ld, k, v, &((struct cfg_principal *)obj)->budget);
+}
+
+static const struct field principal_fields[] = {
+	CUSTOM("budget", principal_budget),
+	ROW("parent", F_STR, struct cfg_principal, parent_name, 0, 0),
+};
+
+/* orgs / teams / users: name -> {budget?, parent?} */
+static int read_principals(struct loader *ld, struct fy_node *k, struct fy_node *v,
+			   struct cfg_principal **out, uint32_t *n_out)
+{
+	const char *what = fy_node_get_scalar0(k);
+	if (!v || !fy_node_is_mapping(v)) {
+		load_error(ld, node_line(k), "%s: expected a mapping of name -> {budget, parent}", what);
+		return -EINVAL;
+	}
+	int n = fy_node_mapping_item_count(v);
+	struct cfg_principal *list = arena_alloc(ld->arena, sizeof(*list) * (size_t)(n ? n : 1));
+	uint32_t count = 0;
+	int rc = 0;
+	void *it = NULL;
+	struct fy_node_pair *pair;
+	while ((pair = fy_node_mapping_iterate(v, &it))) {
+		struct fy_node *pk = fy_node_pair_key(pair);
+		struct cfg_principal *p = &list[count++];
+		const char *name = fy_node_get_scalar0(pk);
+		p->name = arena_strndup(ld->arena, name, strlen(name));
+		p->line = node_line(pk);
+		p->parent = -1;
+		struct fy_node *pv = fy_node_pair_value(pair);
+		if (pv && fy_node_is_scalar(pv) && !fy_node_get_scalar0(pv)[0])
+			continue;     /* "name:" with nothing: no budget, no parent */
+		char where[300];
+		snprintf(where, sizeof(where), "%s.%s", what, p->name);
+		if (read_mapping(ld, pk, pv, principal_fields, ARRAY_SIZE(principal_fields), p, where))
+			rc = -EINVAL;
+	}
+	*out = list;
+	*n_out = count;
+	return rc;
+}
+
+static int section_orgs(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	return read_principals(ld, k, v, &ld->cfg->orgs, &ld->cfg->n_orgs);
+}
+
+static int section_teams(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	return read_principals(ld, k, v, &ld->cfg->teams, &ld->cfg->n_teams);
+}
+
+static int section_users(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	return read_principals(ld, k, v, &ld->cfg->users, &ld->cfg->n_users);
+}
+
+static const struct field run_fields[] = {
+	ROW("default_limit", F_MONEY, struct cfg_run_policy, default_limit, 0, 0),
+	ROW("max_limit", F_MONEY, struct cfg_run_policy, max_limit, 0, 0),
+	ROW("max_steps", F_U32, struct cfg_run_policy, max_steps, 0, 100000000),
+	ROW("ttl_s", F_U32, struct cfg_run_policy, ttl_s, 1, 31 * 86400),
+	ROW("stream_lease", F_BOOL, struct cfg_run_policy, stream_lease, 0, 0),
+	ROW("max_stream_tokens", F_U32, struct cfg_run_policy, max_stream_tokens, 0, 100000000),
+	ROW("max_live_runs", F_U32, struct cfg_run_policy, max_live_runs, 1, 10000000),
+};
+
+static int key_secret(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	struct cfg_key *key = obj;
+	size_t len;
+	const char *s = scalar(ld, k, v, &len);
+	if (!s)
+		return -EINVAL;
+	for (size_t i = 0; len == 64 && i < 32; i++) {
+		unsigned hi, lo;
+		if (sscanf(s + 2 * i, "%1x%1x", &hi, &lo) != 2)
+			len = 0;
+		key->secret_sha256[i] = (unsigned char)(hi << 4 | lo);
+	}
+	if (len != 64) {
+		load_error(ld, node_line(k), "secret_sha256: expected 64 hex digits (tollctl keygen)");
+		return -EINVAL;
+	}
+	key->has_secret = true;
+	return 0;
+}
+
+static int key_models(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	struct cfg_key *key = obj;
+	return read_str_list(ld, k, v, &key->models, &key->n_models);
+}
+
+static int key_budget(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	return read_budget(ld, k, v, &((struct cfg_key *)obj)->budget);
+}
+
+static int key_run(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	return read_mapping(ld, k, v, run_fields, ARRAY_SIZE(run_fields),
+			    &((struct cfg_key *)obj)->run, "keys[].run");
+}
+
+static int key_mode(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	int m = read_enum(ld, k, v, mode_names, (int)ARRAY_SIZE(mode_names));
+	((struct cfg_key *)obj)->mode = (uint8_t)m;
+	return m < 0 ? -EINVAL : 0;
+}
+
+static const struct field key_fields[] = {
+	ROW("id", F_STR, struct cfg_key, id, 0, 0),
+	CUSTOM("secret_sha256", key_secret),
+	ROW("user", F_STR, struct cfg_key, user_name, 0, 0),
+	ROW("team", F_STR, struct cfg_key, team_name, 0, 0),
+	CUSTOM("models", key_models),
+	CUSTOM("budget", key_budget),
+	CUSTOM("run", key_run),
+	ROW("rpm", F_U32, struct cfg_key, rpm, 0, 100000000),
+	ROW("tpm", F_U32, struct cfg_key, tpm, 0, 2000000000),
+	CUSTOM("mode", key_mode),
+};
+
+static int section_keys(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	if (!v || !fy_node_is_sequence(v)) {
+		load_error(ld, node_line(k), "keys: expected a list");
+		return -EINVAL;
+	}
+	struct config *cfg = ld->cfg;
+	int n = fy_node_sequence_item_count(v);
+	cfg->keys = arena_alloc(ld->arena, sizeof(*cfg->keys) * (size_t)(n ? n : 1));
+	int rc = 0;
+	void *it = NULL;
+	struct fy_node *item;
+	while ((item = fy_node_sequence_iterate(v, &it))) {
+		struct cfg_key *key = &cfg->keys[cfg->n_keys++];
+		key->line = node_line(k);
+		key->user = key->team = -1;
+		key->mode = MODE_HARD_GATE;
+		key->run = (struct cfg_run_policy){ .default_limit = 1000000, .max_limit = 10000000,
+						    .ttl_s = 3600, .max_live_runs = 1000 };
+		if (read_mapping(ld, k, item, key_fields, ARRAY_SIZE(key_fields), key, "keys[]"))
+			rc = -EINVAL;
+		else if (!key->id || !key->team_name || !key->has_secret) {
+			load_error(ld, key->line, "keys[]: id, secret_sha256 and team are required");
+			rc = -EINVAL;
+		}
+	}
+	return rc;
+}
+
 /* ---- top level ---- */
 
 static int top_str(struct loader *ld, struct fy_node *k, struct fy_node *v,
@@ -695,10 +946,10 @@ static const struct field top_fields[] = {
 	CUSTOM("providers", section_providers),
 	CUSTOM("models", section_models),
 	CUSTOM("prices_version", top_str),
-	CUSTOM("orgs", section_not_yet),
-	CUSTOM("teams", section_not_yet),
-	CUSTOM("users", section_not_yet),
-	CUSTOM("keys", section_not_yet),
+	CUSTOM("orgs", section_orgs),
+	CUSTOM("teams", section_teams),
+	CUSTOM("users", section_users),
+	CUSTOM("keys", section_keys),
 	CUSTOM("budget", section_not_yet),
 	CUSTOM("velocity", section_not_yet),
 	CUSTOM("ledger", section_not_yet),
@@ -752,6 +1003,88 @@ static const struct cfg_provider *find_provider(const struct config *cfg,
 	return NULL;
 }
 
+static int find_principal(const struct cfg_principal *list, uint32_t n, const char *name)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (!strcmp(list[i].name, name))
+			return (int)i;
+	return -1;
+}
+
+/* Resolves `parent` names of one kind against the kind above it. */
+static void link_parents(struct loader *ld, struct cfg_principal *list, uint32_t n,
+			 const char *kind, const struct cfg_principal *parents,
+			 uint32_t n_parents, const char *parent_kind)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		struct cfg_principal *p = &list[i];
+		if (!p->parent_name)
+			continue;
+		p->parent = find_principal(parents, n_parents, p->parent_name);
+		if (p->parent < 0)
+			load_error(ld, p->line, "%s.%s: parent '%s' is not in %s", kind,
+				   p->name, p->parent_name, parent_kind);
+	}
+}
+
+static uint32_t key_slot(const unsigned char *sha)
+{
+	uint32_t h;
+	memcpy(&h, sha, sizeof(h));   /* a SHA-256 is already uniform */
+	return h;
+}
+
+const struct cfg_key *config_find_key(const struct config *cfg, const unsigned char *sha256)
+{
+	if (!cfg->key_index)
+		return NULL;
+	uint32_t s = key_slot(sha256) & cfg->key_index_mask;
+	for (uint32_t idx; (idx = cfg->key_index[s]); s = (s + 1) & cfg->key_index_mask)
+		if (!memcmp(cfg->keys[idx - 1].secret_sha256, sha256, 32))
+			return &cfg->keys[idx - 1];
+	return NULL;
+}
+
+static void validate_keys(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+	uint32_t slots = 16;
+	while (slots < cfg->n_keys * 2)
+		slots <<= 1;
+	cfg->key_index = arena_alloc(ld->arena, sizeof(uint32_t) * slots);
+	cfg->key_index_mask = slots - 1;
+	for (uint32_t i = 0; i < cfg->n_keys; i++) {
+		struct cfg_key *k = &cfg->keys[i];
+		k->team = find_principal(cfg->teams, cfg->n_teams, k->team_name);
+		if (k->team < 0)
+			load_error(ld, k->line, "keys[%s]: team '%s' is not in teams", k->id, k->team_name);
+		if (k->user_name) {
+			k->user = find_principal(cfg->users, cfg->n_users, k->user_name);
+			if (k->user < 0)
+				load_error(ld, k->line, "keys[%s]: user '%s' is not in users", k->id,
+					   k->user_name);
+		}
+		for (uint32_t m = 0; m < k->n_models; m++)
+			if (strcmp(k->models[m], "*") &&
+			    !config_find_model(cfg, k->models[m], strlen(k->models[m])))
+				load_error(ld, k->line, "keys[%s]: model '%s' is not in models", k->id,
+					   k->models[m]);
+		if (k->run.default_limit > k->run.max_limit)
+			load_error(ld, k->line, "keys[%s]: run.default_limit is above run.max_limit", k->id);
+		for (uint32_t j = 0; j < i; j++) {
+			if (!strcmp(cfg->keys[j].id, k->id))
+				load_error(ld, k->line, "keys: id '%s' appears twice", k->id);
+			else if (!memcmp(cfg->keys[j].secret_sha256, k->secret_sha256, 32))
+				load_error(ld, k->line, "keys[%s]: same secret as '%s'", k->id,
+					   cfg->keys[j].id);
+		}
+		uint32_t s = key_slot(k->secret_sha256) & cfg->key_index_mask;
+		while (cfg->key_index[s])
+			s = (s + 1) & cfg->key_index_mask;
+		cfg->key_index[s] = i + 1;
+	}
+}
+
 static void validate(struct loader *ld)
 {
 	struct config *cfg = ld->cfg;
@@ -771,6 +1104,12 @@ static void validate(struct loader *ld)
 				   m->name, m->provider_name);
 	}
 	build_model_index(ld);
+	link_parents(ld, cfg->teams, cfg->n_teams, "teams", cfg->orgs, cfg->n_orgs, "orgs");
+	link_parents(ld, cfg->users, cfg->n_users, "users", cfg->teams, cfg->n_teams, "teams");
+	for (uint32_t i = 0; i < cfg->n_orgs; i++)
+		if (cfg->orgs[i].parent_name)
+			load_error(ld, cfg->orgs[i].line, "orgs.%s: an org has no parent", cfg->orgs[i].name);
+	validate_keys(ld);
 	for (uint32_t i = 0; i < cfg->n_models; i++) {
 		const struct cfg_model *m = &cfg->models[i];
 		for (uint32_t a = 0; a < m->n_alternatives; a++)

@@ -22,6 +22,9 @@ void config_unref(struct config *cfg);   /* frees at zero */
 const struct cfg_model *config_find_model(const struct config *cfg,
 					  const char *name, size_t len);
 
+/* The key whose secret hashes to sha256[0..32), or NULL. */
+const struct cfg_key *config_find_key(const struct config *cfg, const unsigned char *sha256);
+
 /* Parses "host:port" / "[v6]:port"; returns 0 or -EINVAL. Resolves names. */
 int config_parse_addr(const char *text, struct cfg_addr *out);
 

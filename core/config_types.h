@@ -79,6 +79,64 @@ struct cfg_model {
 	uint32_t n_alternatives;
 };
 
+enum budget_window {
+	WINDOW_RUN, WINDOW_HOUR, WINDOW_DAY, WINDOW_WEEK, WINDOW_MONTH, WINDOW_TOTAL,
+};
+
+enum budget_mode {
+	MODE_ADVISORY_ESTIMATE, MODE_SOFT_GATE, MODE_HARD_GATE, MODE_ACTUALS_ONLY,
+};
+
+#define CFG_MAX_ALERTS 8
+
+/* A `budget:` block on any scope. */
+struct cfg_budget {
+	bool present;
+	uint8_t window;              /* enum budget_window */
+	uint8_t mode;                /* enum budget_mode */
+	bool downgrade;              /* on_exceed: downgrade (else block) */
+	uint8_t n_alerts;
+	usd_micros limit;
+	usd_micros soft_margin;
+	uint32_t alert_ppm[CFG_MAX_ALERTS];  /* fractions of limit, parts per million */
+	int line;
+};
+
+/* An org, team or user: a named scope with an optional parent. */
+struct cfg_principal {
+	const char *name;
+	const char *parent_name;     /* as written */
+	int parent;                  /* index in the parent kind's array, -1: none */
+	struct cfg_budget budget;
+	int line;
+};
+
+/* Per-key policy for the runs it opens. */
+struct cfg_run_policy {
+	usd_micros default_limit;
+	usd_micros max_limit;
+	uint32_t max_steps;          /* 0: unlimited */
+	uint32_t ttl_s;
+	bool stream_lease;
+	uint32_t max_stream_tokens;  /* 0: no cap beyond the model's */
+	uint32_t max_live_runs;
+};
+
+struct cfg_key {
+	const char *id;
+	unsigned char secret_sha256[32];
+	bool has_secret;
+	const char *user_name, *team_name;
+	int user, team;              /* indexes, user -1 when absent */
+	const char **models;         /* "*" allows every model */
+	uint32_t n_models;
+	struct cfg_budget budget;
+	struct cfg_run_policy run;
+	uint32_t rpm, tpm;           /* 0: unlimited */
+	uint8_t mode;                /* enum budget_mode for run budgets */
+	int line;
+};
+
 /* Limits on everything a client controls, and the client-side timeouts. */
 struct cfg_limits {
 	uint32_t max_header_bytes;
@@ -109,6 +167,12 @@ struct config {
 	uint32_t *model_index;       /* open-addressing hash: slot -> model+1 */
 	uint32_t model_index_mask;
 	const char *prices_version;
+	struct cfg_principal *orgs, *teams, *users;
+	uint32_t n_orgs, n_teams, n_users;
+	struct cfg_key *keys;
+	uint32_t n_keys;
+	uint32_t *key_index;         /* open-addressing hash of secret_sha256 */
+	uint32_t key_index_mask;
 	uint64_t generation;         /* 1, 2, ... per reload */
 	atomic_int refs;             /* shards (and the loader) holding it */
 	struct arena *arena;

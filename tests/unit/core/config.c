@@ -105,10 +105,54 @@ static void test_errors(void)
 	expect_error("  o:\n    provider: p\n    supports: [telepathy]\n", "unknown capability 'telepathy'");
 	expect_error("  o:\n    provider: p\n    alternatives: [zz]\n", "alternative 'zz' is not a model");
 	expect_error("workers: many\n", "workers: expected an integer");
-	expect_error("keys: []\n", "keys: section not supported by this build yet");
+	expect_error("ledger: {}\n", "ledger: section not supported by this build yet");
+	expect_error("teams:\n  t:\n    parent: nowhere\n", "teams.t: parent 'nowhere' is not in orgs");
+	expect_error("teams:\n  t:\n    budget:\n      limit: 1\n      window: fortnight\n",
+		     "window: 'fortnight' is not one of run, hour, day, week, month, total");
+	expect_error("teams:\n  t:\n    budget:\n      window: day\n", "budget: limit is required");
+	expect_error("keys:\n  - id: k\n    secret_sha256: abc\n    team: t\n",
+		     "secret_sha256: expected 64 hex digits");
+	expect_error("teams:\n  t:\nkeys:\n  - id: k\n    team: t\n", "id, secret_sha256 and team are required");
 	expect_error("admin:\n  addr: nowhere\n", "'nowhere' is not a host:port address");
 	/* several errors are all reported */
 	expect_error("bogus: 1\nbogus2: 2\n", "bogus2");
+}
+
+static void test_keys(void)
+{
+	char yaml[4096];
+	snprintf(yaml, sizeof(yaml), "%s%s", base,
+		 "orgs:\n  acme:\n    budget: {limit: \"100\", window: month}\n"
+		 "teams:\n  research:\n    parent: acme\n    budget:\n      limit: \"3.00\"\n"
+		 "      mode: soft_gate\n      soft_margin: \"0.10\"\n      alert_at: [0.5, 0.8]\n"
+		 "      on_exceed: downgrade\n"
+		 "users:\n  alice:\n    parent: research\n"
+		 "keys:\n  - id: k1\n"
+		 "    secret_sha256: \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n"
+		 "    user: alice\n    team: research\n    models: [m, \"*\"]\n"
+		 "    run: {default_limit: \"0.50\", max_limit: 2, max_steps: 10}\n    rpm: 60\n");
+	struct config *cfg = load_text(yaml);
+	CHECK(cfg != NULL);
+	if (!cfg) {
+		fprintf(stderr, "%s", errs);
+		return;
+	}
+	CHECK(cfg->n_orgs == 1 && cfg->n_teams == 1 && cfg->n_users == 1 && cfg->n_keys == 1);
+	CHECK(cfg->orgs[0].budget.window == WINDOW_MONTH && cfg->orgs[0].budget.limit == 100000000);
+	const struct cfg_budget *tb = &cfg->teams[0].budget;
+	CHECK(tb->mode == MODE_SOFT_GATE && tb->soft_margin == 100000 && tb->downgrade);
+	CHECK(tb->n_alerts == 2 && tb->alert_ppm[0] == 500000 && tb->alert_ppm[1] == 800000);
+	CHECK(cfg->teams[0].parent == 0 && cfg->users[0].parent == 0);
+	unsigned char sha[32];
+	for (int i = 0; i < 32; i++)
+		sha[i] = (unsigned char)((i % 16) * 0x11);
+	const struct cfg_key *k = config_find_key(cfg, sha);
+	CHECK(k && !strcmp(k->id, "k1") && k->team == 0 && k->user == 0);
+	CHECK(k && k->run.default_limit == 500000 && k->run.max_limit == 2000000);
+	CHECK(k && k->run.max_steps == 10 && k->rpm == 60 && k->mode == MODE_HARD_GATE);
+	sha[0] ^= 1;
+	CHECK(config_find_key(cfg, sha) == NULL);
+	config_unref(cfg);
 }
 
 static void test_providers(void)
@@ -136,6 +180,7 @@ int main(void)
 	test_shipped();
 	test_base();
 	test_errors();
+	test_keys();
 	test_providers();
 	return check_report("core/config");
 }
