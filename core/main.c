@@ -162,6 +162,12 @@ int main(int argc, char **argv)
 		int rc = shard_init(&shards[i], i, cfg->pin ? cpus[i % n_cpus] : -1, cfg);
 		if (rc) {
 			log_error("shard %d: start-up failed: %s", i, strerror(-rc));
+			/* Nothing runs yet: undo it all, so that even a leak-checking
+			 * build exits with the documented code. */
+			for (int j = 0; j <= i; j++)
+				shard_destroy(&shards[j]);
+			free(shards);
+			config_unref(cfg);
 			return 2;
 		}
 	}

@@ -94,6 +94,7 @@ int shard_init(struct shard *s, int id, int cpu, struct config *cfg)
 	memset(s, 0, sizeof(*s));
 	s->id = id;
 	s->cpu = cpu;
+	s->wake_fd = -1;          /* shard_destroy() may follow a failed init */
 	config_ref(cfg);
 	s->cfg = cfg;
 	s->holds = calloc(1, sizeof(*s->holds));

@@ -184,21 +184,28 @@ void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
 	client_process(c);
 }
 
+/* The reply when the shard has no exchange left to answer a request with.
+ * There is no exchange to build it in, so it is written out here, and its
+ * Content-Length is checked at build time. */
+#define BUSY_BODY "{\"type\":\"urn:tollgate:problem:overloaded\"," \
+	"\"title\":\"Service Unavailable\",\"status\":503," \
+	"\"detail\":\"no free request slot on this shard\",\"code\":\"overloaded\"}"
+_Static_assert(sizeof(BUSY_BODY) - 1 == 151, "Content-Length of busy_reply");
+static const char busy_reply[] =
+	"HTTP/1.1 503 Service Unavailable\r\n"
+	"Content-Type: application/problem+json\r\n"
+	"Content-Length: 151\r\nConnection: close\r\n\r\n" BUSY_BODY;
+
 /* Starts a request on the first byte after IDLE. */
 static bool client_begin_request(struct client *c)
 {
 	struct shard *s = c->shard;
 	struct exchange *ex = exchange_get(s);
 	if (!ex) {
-		static const char busy[] =
-			"HTTP/1.1 503 Service Unavailable\r\n"
-			"Content-Type: application/problem+json\r\n"
-			"Content-Length: 97\r\nConnection: close\r\n\r\n"
-			"{\"type\":\"urn:tollgate:problem:overloaded\",\"title\":\"Overloaded\",\"status\":503,\"code\":\"overloaded\"}";
 		s->stats.refused_no_memory++;
 		c->close_after = true;
 		c->state = CLIENT_BUSY;
-		client_send(c, busy, sizeof(busy) - 1, NULL, 0, -1);
+		client_send(c, busy_reply, sizeof(busy_reply) - 1, NULL, 0, -1);
 		return false;
 	}
 	ex->client = c;

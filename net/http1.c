@@ -63,14 +63,31 @@ static int on_url(http_parser *p, const char *at, size_t len)
 	return head_append(msg_of(p), PART_URL, at, len);
 }
 
+/* Trailer fields arrive through the same two callbacks as head fields.
+ * They are dropped, never merged into the head (RFC 9110 6.5.1): the head
+ * has been acted on already, and the body goes on re-framed without them. */
 static int on_field(http_parser *p, const char *at, size_t len)
 {
-	return head_append(msg_of(p), PART_NAME, at, len);
+	struct http_msg *m = msg_of(p);
+	return m->in_trailers ? 0 : head_append(m, PART_NAME, at, len);
 }
 
 static int on_value(http_parser *p, const char *at, size_t len)
 {
-	return head_append(msg_of(p), PART_VALUE, at, len);
+	struct http_msg *m = msg_of(p);
+	return m->in_trailers ? 0 : head_append(m, PART_VALUE, at, len);
+}
+
+/* After the last chunk's size line (size 0) comes the trailer section:
+ * pause there so that http1_feed() knows where it starts. */
+static int on_chunk_header(http_parser *p)
+{
+	struct http_msg *m = msg_of(p);
+	if (p->content_length == 0) {
+		m->in_trailers = true;
+		http_parser_pause(p, 1);
+	}
+	return 0;
 }
 
 static int on_headers_complete(http_parser *p)
@@ -110,6 +127,7 @@ static const http_parser_settings settings = {
 	.on_headers_complete = on_headers_complete,
 	.on_body = on_body,
 	.on_message_complete = on_message_complete,
+	.on_chunk_header = on_chunk_header,
 };
 
 void http1_init(struct http_msg *m, enum http_parser_type type, char *buf,
@@ -121,6 +139,7 @@ void http1_init(struct http_msg *m, enum http_parser_type type, char *buf,
 	m->owner = owner;
 	m->event = HTTP_NEED_MORE;
 	m->head_done = false;
+	m->in_trailers = false;
 	m->prev_cr = false;
 	m->error_status = 0;
 	m->body_status = 0;
@@ -151,7 +170,7 @@ static void fail(struct http_msg *m, uint16_t status)
 
 size_t http1_feed(struct http_msg *m, const char *data, size_t len)
 {
-	bool in_head = !m->head_done;
+	bool in_head = !m->head_done, in_trailers = m->in_trailers;
 	m->event = HTTP_NEED_MORE;
 	size_t n = http_parser_execute(&m->parser, &settings, data, len);
 	enum http_errno err = HTTP_PARSER_ERRNO(&m->parser);
@@ -163,6 +182,20 @@ size_t http1_feed(struct http_msg *m, const char *data, size_t len)
 			fail(m, 400);
 			return n;
 		}
+	}
+	if (in_trailers && has_bare_lf(m, data, n)) {
+		/* (paused at message end, n includes the final LF) */
+		fail(m, 400);
+		return n;
+	}
+	if (!in_trailers && m->in_trailers && err == HPE_PAUSED &&
+	    m->event == HTTP_NEED_MORE) {
+		/* Paused by on_chunk_header() after the last chunk's size line:
+		 * the trailer section starts at data + n. A zero-length feed
+		 * would mean EOF to the parser, so stop if nothing is left. */
+		http_parser_pause(&m->parser, 0);
+		m->prev_cr = false;
+		return n == len ? n : n + http1_feed(m, data + n, len - n);
 	}
 	if (err == HPE_OK || err == HPE_PAUSED)
 		return n;

@@ -4,7 +4,9 @@
  * Framing is done by the Debian-maintained http-parser (strict mode: it
  * rejects Content-Length with Transfer-Encoding, duplicate or invalid
  * Content-Length, bad chunk sizes and a bare LF inside chunked framing).
- * We add what it allows but a gateway must not: a bare LF in the head.
+ * We add what it allows but a gateway must not: a bare LF in the head or
+ * in a chunked body's trailer section, and trailer fields merged into the
+ * head (they are discarded: the body is re-framed without them).
  */
 #ifndef TOLLGATE_HTTP1_TYPES_H
 #define TOLLGATE_HTTP1_TYPES_H
@@ -56,7 +58,8 @@ struct http_msg {
 	void *owner;
 	uint8_t event;              /* enum http_event */
 	bool head_done;
-	bool prev_cr;               /* head scan: previous byte was CR */
+	bool in_trailers;           /* past the last chunk: trailer section */
+	bool prev_cr;               /* head/trailer scan: previous byte was CR */
 	uint16_t error_status;      /* 400, 413, 431 when event == HTTP_ERROR */
 	uint16_t body_status;       /* non-zero: on_body refused */
 };

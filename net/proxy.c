@@ -236,6 +236,30 @@ static const struct route *find_route(const char *path, size_t len)
 	return NULL;
 }
 
+/* True if field i is named in a Connection field of the same head: its
+ * sender declared it hop-by-hop (RFC 9110 7.6.1), so it is not passed on. */
+static bool field_listed_in_connection(const struct http_head *h, uint16_t i)
+{
+	const char *name = http1_str(h, h->fields[i].name);
+	size_t name_len = h->fields[i].name.len;
+	for (uint16_t f = 0; f < h->n_fields; f++) {
+		if (!http1_field_is(h, f, "connection"))
+			continue;
+		const char *v = http1_str(h, h->fields[f].value);
+		const char *end = v + h->fields[f].value.len;
+		while (v < end) {
+			while (v < end && (*v == ',' || *v == ' ' || *v == '\t'))
+				v++;
+			const char *token = v;
+			while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+				v++;
+			if ((size_t)(v - token) == name_len && !strncasecmp(token, name, name_len))
+				return true;
+		}
+	}
+	return false;
+}
+
 /* Request fields that never go upstream: hop-by-hop ones, framing we redo,
  * and the agent's credentials. */
 static bool field_dropped_upstream(const struct http_head *h, uint16_t i)
@@ -248,7 +272,7 @@ static bool field_dropped_upstream(const struct http_head *h, uint16_t i)
 	for (size_t d = 0; d < ARRAY_SIZE(dropped); d++)
 		if (http1_field_is(h, i, dropped[d]))
 			return true;
-	return false;
+	return field_listed_in_connection(h, i);
 }
 
 /* Appends to ex->out; false when it does not fit. */
@@ -310,9 +334,14 @@ static bool build_upstream_head(struct exchange *ex, const char *path_tail,
 {
 	const struct cfg_provider *p = ex->provider;
 	const struct http_head *h = &ex->req.head;
+	/* The reply's body is relayed in the framing the provider chose, and an
+	 * HTTP/1.0 agent cannot read chunked framing: ask in HTTP/1.0 for it,
+	 * so that the provider frames by length or by close instead. */
+	bool http10 = ex->req.parser.http_major == 1 && ex->req.parser.http_minor == 0;
 	ex->out_len = 0;
 	bool ok = out_str(ex, "POST ") && out_put(ex, p->path_prefix, p->path_prefix_len) &&
-		  out_put(ex, path_tail, tail_len) && out_str(ex, " HTTP/1.1\r\nHost: ") &&
+		  out_put(ex, path_tail, tail_len) &&
+		  out_str(ex, http10 ? " HTTP/1.0\r\nHost: " : " HTTP/1.1\r\nHost: ") &&
 		  out_str(ex, p->host);
 	if (ok && p->port != (p->tls ? 443 : 80))
 		ok = out_fmt(ex, ":%u", p->port);
@@ -344,7 +373,7 @@ void proxy_request(struct exchange *ex)
 	unsigned method = ex->req.parser.method;
 
 	if (path_len == 10 && !memcmp(url, "/v1/models", 10)) {
-		if (method != HTTP_GET)
+		if (method != HTTP_GET && method != HTTP_HEAD)
 			reply_problem(ex, 405, "method_not_allowed", "use GET");
 		else
 			reply_models(ex);
@@ -420,11 +449,14 @@ void proxy_upstream_sent(struct exchange *ex)
 }
 
 /* Reply fields we do not pass on: hop-by-hop ones. Framing fields stay,
- * because the body is relayed byte for byte in its original framing. */
+ * whatever Connection lists, because the body is relayed byte for byte in
+ * its original framing. */
 static bool field_dropped_downstream(const struct http_head *h, uint16_t i)
 {
+	if (http1_field_is(h, i, "transfer-encoding") || http1_field_is(h, i, "content-length"))
+		return false;
 	return http1_field_is(h, i, "connection") || http1_field_is(h, i, "keep-alive") ||
-	       http1_field_is(h, i, "proxy-connection");
+	       http1_field_is(h, i, "proxy-connection") || field_listed_in_connection(h, i);
 }
 
 static bool build_client_head(struct exchange *ex)

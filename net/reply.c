@@ -43,6 +43,10 @@ static void send_local(struct exchange *ex, unsigned status, const char *type,
 	size_t head = (size_t)n;
 	if (head + body_len > ex->out_cap)
 		body_len = 0;    /* callers size bodies to fit; never overflow */
+	/* A reply to HEAD is the head a GET would get, without the body: a
+	 * body there would be read as the start of the next reply. */
+	if (ex->req.head_done && ex->req.parser.method == HTTP_HEAD)
+		body_len = 0;
 	memmove(ex->out + head, body, body_len);
 	ex->out_len = (uint32_t)(head + body_len);
 	ex->status = (uint16_t)status;

@@ -4,17 +4,20 @@ Each test_* function takes `env` (a dict; env['build'] is the build
 directory), starts its own mockllm on a free loopback port (--listen
 127.0.0.1:0; the port is read from the ready line) and raises
 AssertionError on failure. Standard library only: raw sockets, so the tests
-see the exact bytes on the wire (chunk boundaries, resets, closes).
+see the exact bytes on the wire (chunk boundaries, resets, closes). The
+process, HTTP client and payload helpers are shared with the tollgate tests
+(harness.py).
 """
 
 import json
 import math
 import os
-import select
 import signal
 import socket
 import subprocess
 import time
+
+from harness import CHAT, Mock, call, prompt_tokens, request, sse_events
 
 # The mock's word list: output token i is WORDS[(i*7+3) % 64] + " ".
 WORDS = (
@@ -35,211 +38,6 @@ def expected_text(n, loop=False):
     if loop:
         return "".join(LOOP[i % 8] + " " for i in range(n))
     return "".join(WORDS[(i * 7 + 3) % 64] + " " for i in range(n))
-
-
-# ---------------------------------------------------------------- process
-
-class Mock:
-    """A running mockllm; use as a context manager."""
-
-    def __init__(self, env, *args):
-        binary = os.path.join(env.get("build", "build"), "mockllm")
-        self.proc = subprocess.Popen(
-            [binary, "--listen", "127.0.0.1:0", "--quiet", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        line = self.proc.stderr.readline().decode()
-        assert line.startswith("mockllm listening on 127.0.0.1:"), \
-            "no ready line: %r" % line
-        self.port = int(line.rsplit(":", 1)[1])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        rc = self.stop()
-        # A crash (or a sanitizer report) would show as a non-zero exit.
-        assert exc_type is not None or rc == 0, "mockllm exited %s" % rc
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stderr.close()
-        return self.proc.returncode
-
-    def conn(self, timeout=5.0):
-        return Conn(self.port, timeout)
-
-    def stats(self):
-        c = self.conn()
-        c.send(request("GET", "/mock/stats", close=True))
-        r = c.response()
-        c.close()
-        assert r.status == 200, r.status
-        return json.loads(r.body)
-
-
-# ---------------------------------------------------------------- HTTP client
-
-def request(method, path, body=None, headers=None, close=False, chunked_body=False):
-    """The bytes of one HTTP/1.1 request."""
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-    lines = ["%s %s HTTP/1.1" % (method, path), "Host: mock"]
-    for k, v in (headers or {}).items():
-        lines.append("%s: %s" % (k, v))
-    if close:
-        lines.append("Connection: close")
-    payload = b""
-    if body is not None and chunked_body:
-        lines.append("Transfer-Encoding: chunked")
-        for i in range(0, len(body), 7):
-            part = body[i:i + 7]
-            payload += b"%x\r\n%s\r\n" % (len(part), part)
-        payload += b"0\r\n\r\n"
-    elif body is not None:
-        lines.append("Content-Type: application/json")
-        lines.append("Content-Length: %d" % len(body))
-        payload = body
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
-
-
-class Response:
-    def __init__(self, status, headers, body, chunks):
-        self.status = status
-        self.headers = headers      # lower-case names
-        self.body = body            # de-chunked
-        self.chunks = chunks        # list of chunk payloads, or None
-
-    def json(self):
-        return json.loads(self.body)
-
-
-class Conn:
-    """One client connection with a read buffer (keep-alive, pipelining)."""
-
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def close(self):
-        self.sock.close()
-
-    def fill(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError("peer closed")
-        self.buf += data
-
-    def until(self, sep):
-        while sep not in self.buf:
-            self.fill()
-        i = self.buf.index(sep) + len(sep)
-        out, self.buf = self.buf[:i], self.buf[i:]
-        return out
-
-    def exact(self, n):
-        while len(self.buf) < n:
-            self.fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def head(self):
-        lines = self.until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip()
-        return status, headers
-
-    def chunk(self):
-        """The next chunk's payload; b"" for the terminator (no trailers)."""
-        size = int(self.until(b"\r\n").split(b";")[0], 16)
-        data = self.exact(size + 2)
-        assert data.endswith(b"\r\n"), data[-8:]
-        return data[:-2]
-
-    def response(self):
-        status, headers = self.head()
-        chunks = None
-        if headers.get("transfer-encoding") == "chunked":
-            chunks = []
-            while True:
-                c = self.chunk()
-                if not c:
-                    break
-                chunks.append(c)
-            body = b"".join(chunks)
-        elif "content-length" in headers:
-            body = self.exact(int(headers["content-length"]))
-        else:
-            body = self.rest()
-        return Response(status, headers, body, chunks)
-
-    def rest(self):
-        """Everything until EOF."""
-        try:
-            while True:
-                self.fill()
-        except EOFError:
-            pass
-        out, self.buf = self.buf, b""
-        return out
-
-    def closed_within(self, seconds):
-        """True if the peer closes (EOF) within `seconds` with no more data."""
-        self.sock.settimeout(seconds)
-        try:
-            return self.sock.recv(1) == b""
-        except socket.timeout:
-            return False
-        finally:
-            self.sock.settimeout(5.0)
-
-    def silent_for(self, seconds):
-        """True if nothing arrives and the socket stays open for `seconds`."""
-        ready, _, _ = select.select([self.sock], [], [], seconds)
-        return not ready and not self.buf
-
-
-def call(mock, path, body, headers=None, method="POST"):
-    c = mock.conn()
-    c.send(request(method, path, body, headers, close=True))
-    r = c.response()
-    c.close()
-    return r
-
-
-def sse_events(body):
-    """Splits an SSE body into [(event name or None, data string)]."""
-    events = []
-    for block in body.decode().split("\n\n"):
-        if not block:
-            continue
-        name, data = None, None
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-        events.append((name, data))
-    return events
-
-
-def prompt_tokens(body):
-    return math.ceil(len(json.dumps(body).encode()) / 4)
-
-
-CHAT = "/v1/chat/completions"
 
 
 # ---------------------------------------------------------------- tests
