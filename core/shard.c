@@ -27,7 +27,7 @@
 
 #define RING_ENTRIES 4096
 #define RING_BUF_SIZE 16384
-#define RING_BUF_COUNT 4096
+#define RING_CLIENT_BUFS 2048      /* agent reads: pinned at most one per client */
 
 static uint64_t monotonic_ms(void)
 {
@@ -258,17 +258,17 @@ static void fire_timers(struct shard *s)
 /* Re-posts reads that found no free buffer, once some came back. */
 static void retry_starved(struct shard *s)
 {
-	if (s->ring.bufs_out >= s->ring.buf_count)
-		return;
-	struct client *c = s->starved_clients;
-	s->starved_clients = NULL;
+	struct client *c = ring_bufs_free(&s->ring, BUFS_CLIENT) ? s->starved_clients : NULL;
+	if (c)
+		s->starved_clients = NULL;
 	while (c) {
 		struct client *next = c->next_starved;
 		client_retry_recv(c);
 		c = next;
 	}
-	struct upstream *u = s->starved_upstreams;
-	s->starved_upstreams = NULL;
+	struct upstream *u = ring_bufs_free(&s->ring, BUFS_UPSTREAM) ? s->starved_upstreams : NULL;
+	if (u)
+		s->starved_upstreams = NULL;
 	while (u) {
 		struct upstream *next = u->next_starved;
 		upstream_retry_recv(u);
@@ -298,7 +298,16 @@ static void *shard_main(void *arg)
 	struct shard *s = arg;
 	log_set_shard(s->id);
 	/* SINGLE_ISSUER binds the ring to the thread that creates it. */
-	int rc = ring_init(&s->ring, RING_ENTRIES, RING_BUF_COUNT, RING_BUF_SIZE);
+	/* Provider reads get a buffer for every exchange that may be in
+	 * flight, so a reply is never stuck waiting for one. */
+	uint32_t up_bufs = 1024;
+	while (up_bufs < s->cfg->limits.max_requests && up_bufs < 32768)
+		up_bufs <<= 1;
+	int rc = ring_init(&s->ring, RING_ENTRIES);
+	if (!rc)
+		rc = ring_add_bufs(&s->ring, BUFS_CLIENT, RING_CLIENT_BUFS, RING_BUF_SIZE);
+	if (!rc)
+		rc = ring_add_bufs(&s->ring, BUFS_UPSTREAM, up_bufs, RING_BUF_SIZE);
 	atomic_store(&s->started, rc ? rc : 1);
 	if (rc) {
 		log_error("io_uring set-up failed: %s", strerror(-rc));

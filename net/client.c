@@ -50,10 +50,10 @@ static void release_buffers(struct client *c)
 {
 	struct ring *r = &c->shard->ring;
 	if (c->in.bid >= 0)
-		ring_buf_return(r, (uint16_t)c->in.bid);
+		ring_buf_return(r, c->in.bid);
 	c->in.bid = -1;
 	if (c->out.bid >= 0 && !c->out.posted)
-		ring_buf_return(r, (uint16_t)c->out.bid);
+		ring_buf_return(r, c->out.bid);
 	if (!c->out.posted)
 		c->out.bid = -1;
 }
@@ -133,9 +133,7 @@ static void client_post_recv(struct client *c)
 	if (c->recv_posted || c->state == CLIENT_CLOSING || c->in.bid >= 0)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
-	io_uring_prep_recv(sqe, c->fd, NULL, c->shard->ring.buf_size, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = RING_BUF_GROUP;
+	ring_prep_recv(&c->shard->ring, sqe, c->fd, BUFS_CLIENT);
 	io_uring_sqe_set_data64(sqe, ring_tag(OP_CLIENT_RECV, c));
 	c->recv_posted = true;
 	c->inflight++;
@@ -154,9 +152,8 @@ void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
 	struct shard *s = c->shard;
 	c->recv_posted = false;
 	c->inflight--;
-	if (cqe_flags & IORING_CQE_F_BUFFER) {
-		uint16_t bid = (uint16_t)(cqe_flags >> IORING_CQE_BUFFER_SHIFT);
-		s->ring.bufs_out++;
+	int32_t bid = ring_buf_take(&s->ring, BUFS_CLIENT, cqe_flags);
+	if (bid != RING_NO_BUF) {
 		if (res <= 0 || c->state == CLIENT_CLOSING) {
 			ring_buf_return(&s->ring, bid);
 		} else {
@@ -224,12 +221,12 @@ static void client_process(struct client *c)
 		if (c->state == CLIENT_IDLE && !client_begin_request(c))
 			break;
 		struct exchange *ex = c->ex;
-		const char *data = (const char *)ring_buf(&s->ring, (uint16_t)c->in.bid) + c->in.off;
+		const char *data = (const char *)ring_buf_ptr(&s->ring, c->in.bid) + c->in.off;
 		size_t n = http1_feed(&ex->req, data, c->in.len);
 		c->in.off += (uint32_t)n;
 		c->in.len -= (uint32_t)n;
 		if (c->in.len == 0) {
-			ring_buf_return(&s->ring, (uint16_t)c->in.bid);
+			ring_buf_return(&s->ring, c->in.bid);
 			c->in.bid = -1;
 		}
 		switch (ex->req.event) {
@@ -281,7 +278,7 @@ void client_send(struct client *c, const void *a, size_t alen,
 	BUG_ON_HOT(c->out.posted);
 	if (c->state == CLIENT_CLOSING) {
 		if (bid >= 0)
-			ring_buf_return(&c->shard->ring, (uint16_t)bid);
+			ring_buf_return(&c->shard->ring, bid);
 		return;
 	}
 	struct sendq *q = &c->out;
@@ -317,7 +314,7 @@ void client_on_send(struct client *c, int res)
 	c->out.posted = false;
 	if (c->state == CLIENT_CLOSING || res < 0) {
 		if (c->out.bid >= 0)
-			ring_buf_return(&s->ring, (uint16_t)c->out.bid);
+			ring_buf_return(&s->ring, c->out.bid);
 		c->out.bid = -1;
 		if (c->state != CLIENT_CLOSING)
 			client_abort(c);
@@ -330,7 +327,7 @@ void client_on_send(struct client *c, int res)
 	}
 	timer_cancel(&s->timers, &c->timer);
 	if (c->out.bid >= 0) {
-		ring_buf_return(&s->ring, (uint16_t)c->out.bid);
+		ring_buf_return(&s->ring, c->out.bid);
 		c->out.bid = -1;
 	}
 	if (c->ex)

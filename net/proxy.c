@@ -485,7 +485,7 @@ static void relay_body(struct exchange *ex, const char *data, size_t len, int32_
 	if (ex->resp.event == HTTP_ERROR) {
 		/* Broken framing mid-body: the agent cannot be given a whole reply. */
 		log_warn("provider %s sent a malformed reply body", ex->provider->name);
-		ring_buf_return(&s->ring, (uint16_t)bid);
+		ring_buf_return(&s->ring, bid);
 		client_abort(ex->client);
 		return;
 	}
@@ -494,7 +494,7 @@ static void relay_body(struct exchange *ex, const char *data, size_t len, int32_
 		ex->resp_extra = n < len;
 	}
 	if (!n) {
-		ring_buf_return(&s->ring, (uint16_t)bid);
+		ring_buf_return(&s->ring, bid);
 		proxy_client_sent(ex);
 		return;
 	}
@@ -515,7 +515,7 @@ static void reply_head_arrived(struct exchange *ex, const char *data, size_t len
 	}
 	ex->status = (uint16_t)p->status_code;
 	if (!build_client_head(ex)) {
-		ring_buf_return(&c->shard->ring, (uint16_t)bid);
+		ring_buf_return(&c->shard->ring, bid);
 		reply_problem(ex, 502, "upstream_failed", "the provider's reply head is too large");
 		return;
 	}
@@ -524,7 +524,7 @@ static void reply_head_arrived(struct exchange *ex, const char *data, size_t len
 	 * consumed again and the body starts one byte later. */
 	size_t n = http1_feed(&ex->resp, data + head_end, len - head_end);
 	if (ex->resp.event == HTTP_ERROR) {
-		ring_buf_return(&c->shard->ring, (uint16_t)bid);
+		ring_buf_return(&c->shard->ring, bid);
 		reply_problem(ex, 502, "upstream_failed", "the provider's reply is malformed");
 		return;
 	}
@@ -548,7 +548,7 @@ void proxy_upstream_data(struct exchange *ex, const char *data, size_t len, int3
 	size_t n = http1_feed(&ex->resp, data, len);
 	switch (ex->resp.event) {
 	case HTTP_NEED_MORE:          /* head continues in the next read */
-		ring_buf_return(&s->ring, (uint16_t)bid);
+		ring_buf_return(&s->ring, bid);
 		upstream_recv(ex->up);
 		return;
 	case HTTP_HEAD_DONE:
@@ -556,7 +556,7 @@ void proxy_upstream_data(struct exchange *ex, const char *data, size_t len, int3
 		reply_head_arrived(ex, data, len, n, bid);
 		return;
 	default:
-		ring_buf_return(&s->ring, (uint16_t)bid);
+		ring_buf_return(&s->ring, bid);
 		log_warn("provider %s sent a malformed reply head", ex->provider->name);
 		upstream_close(ex->up);
 		ex->up = NULL;

@@ -14,7 +14,7 @@
 
 #include "core/log.h"
 
-int ring_init(struct ring *r, uint32_t entries, uint32_t buf_count, uint32_t buf_size)
+int ring_init(struct ring *r, uint32_t entries)
 {
 	memset(r, 0, sizeof(*r));
 	struct io_uring_params p = { 0 };
@@ -27,42 +27,50 @@ int ring_init(struct ring *r, uint32_t entries, uint32_t buf_count, uint32_t buf
 	} else if (rc == 0) {
 		r->defer_taskrun = true;
 	}
-	if (rc)
-		return rc;
+	return rc;
+}
 
-	r->buf_count = buf_count;   /* power of two */
-	r->buf_size = buf_size;
-	size_t ring_bytes = sizeof(struct io_uring_buf) * buf_count;
-	r->bufs = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE,
-		       MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	r->buf_mem = mmap(NULL, (size_t)buf_count * buf_size, PROT_READ | PROT_WRITE,
-			  MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (r->bufs == MAP_FAILED || r->buf_mem == MAP_FAILED)
+int ring_add_bufs(struct ring *r, enum ring_group group, uint32_t count, uint32_t size)
+{
+	struct ring_bufs *g = &r->groups[group];
+	g->count = count;
+	g->size = size;
+	g->br = mmap(NULL, sizeof(struct io_uring_buf) * count, PROT_READ | PROT_WRITE,
+		     MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	g->mem = mmap(NULL, (size_t)count * size, PROT_READ | PROT_WRITE,
+		      MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (g->br == MAP_FAILED || g->mem == MAP_FAILED) {
+		g->br = NULL;
+		g->mem = NULL;
 		return -ENOMEM;
-	io_uring_buf_ring_init(r->bufs);
+	}
+	io_uring_buf_ring_init(g->br);
 	struct io_uring_buf_reg reg = {
-		.ring_addr = (uint64_t)(uintptr_t)r->bufs,
-		.ring_entries = buf_count,
-		.bgid = RING_BUF_GROUP,
+		.ring_addr = (uint64_t)(uintptr_t)g->br,
+		.ring_entries = count,
+		.bgid = (uint16_t)group,
 	};
-	rc = io_uring_register_buf_ring(&r->uring, &reg, 0);
+	int rc = io_uring_register_buf_ring(&r->uring, &reg, 0);
 	if (rc)
 		return rc;
-	uint32_t mask = io_uring_buf_ring_mask(buf_count);
-	for (uint32_t i = 0; i < buf_count; i++)
-		io_uring_buf_ring_add(r->bufs, ring_buf(r, (uint16_t)i), buf_size,
-				      (uint16_t)i, mask, (int)i);
-	io_uring_buf_ring_advance(r->bufs, (int)buf_count);
+	uint32_t mask = io_uring_buf_ring_mask(count);
+	for (uint32_t i = 0; i < count; i++)
+		io_uring_buf_ring_add(g->br, g->mem + (size_t)i * size, size, (uint16_t)i,
+				      mask, (int)i);
+	io_uring_buf_ring_advance(g->br, (int)count);
 	return 0;
 }
 
 void ring_exit(struct ring *r)
 {
 	io_uring_queue_exit(&r->uring);
-	if (r->bufs && r->bufs != MAP_FAILED)
-		munmap(r->bufs, sizeof(struct io_uring_buf) * r->buf_count);
-	if (r->buf_mem && r->buf_mem != MAP_FAILED)
-		munmap(r->buf_mem, (size_t)r->buf_count * r->buf_size);
+	for (int i = 1; i < RING_GROUPS; i++) {
+		struct ring_bufs *g = &r->groups[i];
+		if (g->br)
+			munmap(g->br, sizeof(struct io_uring_buf) * g->count);
+		if (g->mem)
+			munmap(g->mem, (size_t)g->count * g->size);
+	}
 }
 
 struct io_uring_sqe *ring_sqe(struct ring *r)
@@ -75,10 +83,33 @@ struct io_uring_sqe *ring_sqe(struct ring *r)
 	return sqe;
 }
 
-void ring_buf_return(struct ring *r, uint16_t bid)
+void ring_prep_recv(struct ring *r, struct io_uring_sqe *sqe, int fd, enum ring_group group)
 {
-	io_uring_buf_ring_add(r->bufs, ring_buf(r, bid), r->buf_size, bid,
-			      io_uring_buf_ring_mask(r->buf_count), 0);
-	io_uring_buf_ring_advance(r->bufs, 1);
-	r->bufs_out--;
+	io_uring_prep_recv(sqe, fd, NULL, r->groups[group].size, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = (uint16_t)group;
+}
+
+int32_t ring_buf_take(struct ring *r, enum ring_group group, uint32_t cqe_flags)
+{
+	if (!(cqe_flags & IORING_CQE_F_BUFFER))
+		return RING_NO_BUF;
+	r->groups[group].out++;
+	return (int32_t)((uint32_t)group << 16 | (cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+}
+
+unsigned char *ring_buf_ptr(struct ring *r, int32_t ref)
+{
+	struct ring_bufs *g = &r->groups[ref >> 16];
+	return g->mem + (size_t)(ref & 0xffff) * g->size;
+}
+
+void ring_buf_return(struct ring *r, int32_t ref)
+{
+	struct ring_bufs *g = &r->groups[ref >> 16];
+	uint16_t bid = (uint16_t)(ref & 0xffff);
+	io_uring_buf_ring_add(g->br, g->mem + (size_t)bid * g->size, g->size, bid,
+			      io_uring_buf_ring_mask(g->count), 0);
+	io_uring_buf_ring_advance(g->br, 1);
+	g->out--;
 }

@@ -1,6 +1,6 @@
 /*
- * ring.h — one io_uring per shard, its provided-buffer ring, and the tagged
- * 64-bit user_data every submission carries.
+ * ring.h — one io_uring per shard, its provided-buffer groups, and the
+ * tagged 64-bit user_data every submission carries.
  *
  * user_data = op << 56 | pointer: the shard's completion loop switches on
  * the op and casts the pointer (x86-64 user pointers fit in 56 bits).
@@ -33,32 +33,49 @@ static inline void *ring_tag_ptr(uint64_t ud)
 	return (void *)(uintptr_t)(ud & ((1ULL << 56) - 1));
 }
 
-/* Provided buffers: recv picks one only when data arrives, so idle
- * connections hold no buffer. */
-#define RING_BUF_GROUP 1
+/*
+ * Provided buffers: a recv picks one only when data arrives, so idle
+ * connections hold no buffer. Agent reads and provider reads draw from
+ * separate groups: bytes an agent sends ahead (pipelining) may pin agent
+ * buffers, but can never leave a reply unreadable for want of a buffer.
+ */
+enum ring_group { BUFS_CLIENT = 1, BUFS_UPSTREAM = 2, RING_GROUPS = 3 };
+
+struct ring_bufs {
+	struct io_uring_buf_ring *br;
+	unsigned char *mem;
+	uint32_t size, count;
+	uint32_t out;              /* handed to us by the kernel, not yet returned */
+};
 
 struct ring {
 	struct io_uring uring;
-	struct io_uring_buf_ring *bufs;
-	unsigned char *buf_mem;
-	uint32_t buf_size, buf_count;
-	uint32_t bufs_out;          /* handed to us by the kernel, not yet returned */
-	bool defer_taskrun;         /* ring set-up flags in effect, for the log */
+	struct ring_bufs groups[RING_GROUPS];   /* index 0 unused */
+	bool defer_taskrun;        /* ring set-up flags in effect, for the log */
 };
+
+/* A buffer reference: group << 16 | buffer id; RING_NO_BUF for none. */
+#define RING_NO_BUF (-1)
 
 /* 0 or negative errno. Tries SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN and
  * falls back to plain flags on kernels without them. */
-int ring_init(struct ring *r, uint32_t entries, uint32_t buf_count, uint32_t buf_size);
+int ring_init(struct ring *r, uint32_t entries);
+/* Registers `count` (a power of two) buffers of `size` bytes as `group`. */
+int ring_add_bufs(struct ring *r, enum ring_group group, uint32_t count, uint32_t size);
 void ring_exit(struct ring *r);
 
 /* A free SQE; submits what is queued to make room if the SQ is full. */
 struct io_uring_sqe *ring_sqe(struct ring *r);
-
-static inline unsigned char *ring_buf(struct ring *r, uint16_t bid)
+/* Prepares a recv on fd that picks a buffer of `group`. */
+void ring_prep_recv(struct ring *r, struct io_uring_sqe *sqe, int fd, enum ring_group group);
+/* The buffer a recv completion carries (RING_NO_BUF if none). */
+int32_t ring_buf_take(struct ring *r, enum ring_group group, uint32_t cqe_flags);
+unsigned char *ring_buf_ptr(struct ring *r, int32_t ref);
+/* Gives a buffer back to the kernel. */
+void ring_buf_return(struct ring *r, int32_t ref);
+static inline bool ring_bufs_free(const struct ring *r, enum ring_group g)
 {
-	return r->buf_mem + (size_t)bid * r->buf_size;
+	return r->groups[g].out < r->groups[g].count;
 }
-/* Gives buffer bid back to the kernel. */
-void ring_buf_return(struct ring *r, uint16_t bid);
 
 #endif

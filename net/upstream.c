@@ -87,9 +87,7 @@ void upstream_recv(struct upstream *u)
 	if (u->recv_posted || u->state == UP_CLOSING)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(u->shard);
-	io_uring_prep_recv(sqe, u->fd, NULL, u->shard->ring.buf_size, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = RING_BUF_GROUP;
+	ring_prep_recv(&u->shard->ring, sqe, u->fd, BUFS_UPSTREAM);
 	io_uring_sqe_set_data64(sqe, ring_tag(OP_UPSTREAM_RECV, u));
 	u->recv_posted = true;
 	u->inflight++;
@@ -238,14 +236,10 @@ void upstream_on_recv(struct upstream *u, int res, uint32_t cqe_flags)
 	struct shard *s = u->shard;
 	u->recv_posted = false;
 	u->inflight--;
-	int32_t bid = -1;
-	if (cqe_flags & IORING_CQE_F_BUFFER) {
-		bid = (int32_t)(cqe_flags >> IORING_CQE_BUFFER_SHIFT);
-		s->ring.bufs_out++;
-	}
+	int32_t bid = ring_buf_take(&s->ring, BUFS_UPSTREAM, cqe_flags);
 	if (u->state != UP_BUSY || res <= 0) {
 		if (bid >= 0)
-			ring_buf_return(&s->ring, (uint16_t)bid);
+			ring_buf_return(&s->ring, bid);
 		if (u->state == UP_IDLE) {
 			/* The provider closed a pooled connection, or sent bytes
 			 * nobody asked for: either way it is done. */
@@ -271,7 +265,7 @@ void upstream_on_recv(struct upstream *u, int res, uint32_t cqe_flags)
 		proxy_upstream_closed(ex, res);
 		return;
 	}
-	const char *data = (const char *)ring_buf(&s->ring, (uint16_t)bid);
+	const char *data = (const char *)ring_buf_ptr(&s->ring, bid);
 	proxy_upstream_data(u->ex, data, (size_t)res, bid);
 }
 
