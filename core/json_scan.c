@@ -8,6 +8,7 @@
 #include "core/json_scan.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 struct scan {
@@ -207,4 +208,23 @@ int json_scan_top(const char *buf, size_t len, struct json_top *out)
 	if (end < 0)
 		return s.too_deep ? -E2BIG : -EINVAL;
 	return skip_ws(&s, (size_t)end) == len ? 0 : -EINVAL;
+}
+
+size_t json_escape(char *out, size_t cap, const char *s)
+{
+	size_t n = 0;
+	for (; *s && n + 7 < cap; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			out[n++] = '\\';
+			out[n++] = (char)c;
+		} else if (c < 0x20) {
+			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	if (cap)
+		out[n < cap ? n : cap - 1] = '\0';
+	return n;
 }

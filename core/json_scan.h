@@ -40,4 +40,10 @@ struct json_top {
  */
 int json_scan_top(const char *buf, size_t len, struct json_top *out);
 
+/*
+ * Writes s as JSON string content (no quotes) into out[0..cap), always
+ * NUL-terminated, truncating rather than overflowing; returns the length.
+ */
+size_t json_escape(char *out, size_t cap, const char *s);
+
 #endif

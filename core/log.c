@@ -5,6 +5,7 @@
  * logger is safe to call from any shard at any time.
  */
 #include "core/log.h"
+#include "core/json_scan.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,23 +20,6 @@ static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
 void log_set_level(enum log_level min) { min_level = min; }
 void log_set_shard(int shard_id) { this_shard = shard_id; }
-
-/* Appends s to out as JSON string content; returns the new length. */
-static size_t json_escape_into(char *out, size_t len, size_t cap, const char *s)
-{
-	for (; *s && len + 7 < cap; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\') {
-			out[len++] = '\\';
-			out[len++] = (char)c;
-		} else if (c < 0x20) {
-			len += (size_t)snprintf(out + len, cap - len, "\\u%04x", c);
-		} else {
-			out[len++] = (char)c;
-		}
-	}
-	return len;
-}
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {
@@ -61,7 +45,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 		len += (size_t)snprintf(line + len, sizeof(line) - len,
 					"\"shard\":%d,", this_shard);
 	len += (size_t)snprintf(line + len, sizeof(line) - len, "\"msg\":\"");
-	len = json_escape_into(line, len, sizeof(line) - 3, msg);
+	len += json_escape(line + len, sizeof(line) - 3 - len, msg);
 	line[len++] = '"';
 	line[len++] = '}';
 	line[len++] = '\n';

@@ -25,6 +25,7 @@
 #include "core/shard.h"
 #include "net/http1.h"
 #include "net/proxy.h"
+#include "net/sendq.h"
 
 static void client_post_recv(struct client *c);
 static void client_process(struct client *c);
@@ -281,30 +282,10 @@ void client_send(struct client *c, const void *a, size_t alen,
 			ring_buf_return(&c->shard->ring, bid);
 		return;
 	}
-	struct sendq *q = &c->out;
-	int n = 0;
-	if (alen)
-		q->iov[n++] = (struct iovec){ (void *)a, alen };
-	if (blen)
-		q->iov[n++] = (struct iovec){ (void *)b, blen };
-	q->msg = (struct msghdr){ .msg_iov = q->iov, .msg_iovlen = (size_t)n };
-	q->bid = bid;
+	struct iovec iov[2] = { { (void *)a, alen }, { (void *)b, blen } };
+	sendq_set(&c->out, iov, 2);
+	c->out.bid = bid;
 	client_post_send(c);
-}
-
-/* Drops `sent` bytes from the front of the queue; true when all sent. */
-static bool sendq_advance(struct sendq *q, size_t sent)
-{
-	while (q->msg.msg_iovlen && sent >= q->msg.msg_iov[0].iov_len) {
-		sent -= q->msg.msg_iov[0].iov_len;
-		q->msg.msg_iov++;
-		q->msg.msg_iovlen--;
-	}
-	if (q->msg.msg_iovlen) {
-		q->msg.msg_iov[0].iov_base = (char *)q->msg.msg_iov[0].iov_base + sent;
-		q->msg.msg_iov[0].iov_len -= sent;
-	}
-	return q->msg.msg_iovlen == 0;
 }
 
 void client_on_send(struct client *c, int res)

@@ -304,6 +304,21 @@ static bool out_fmt(struct exchange *ex, const char *fmt, ...)
 	return true;
 }
 
+/* Copies the fields of h that `dropped` keeps, as "Name: value" lines. */
+static bool out_fields(struct exchange *ex, const struct http_head *h,
+		       bool (*dropped)(const struct http_head *, uint16_t))
+{
+	for (uint16_t i = 0; i < h->n_fields; i++) {
+		if (dropped(h, i))
+			continue;
+		const struct http_field *f = &h->fields[i];
+		if (!out_put(ex, http1_str(h, f->name), f->name.len) || !out_str(ex, ": ") ||
+		    !out_put(ex, http1_str(h, f->value), f->value.len) || !out_str(ex, "\r\n"))
+			return false;
+	}
+	return true;
+}
+
 /* The body as sent upstream: the model name swapped for upstream_model
  * when the config maps it. Fills iov[0..), returns the count. */
 static int body_iov(struct exchange *ex, const struct json_top *top, struct iovec *iov)
@@ -346,14 +361,7 @@ static bool build_upstream_head(struct exchange *ex, const char *path_tail,
 	if (ok && p->port != (p->tls ? 443 : 80))
 		ok = out_fmt(ex, ":%u", p->port);
 	ok = ok && out_str(ex, "\r\n");
-	for (uint16_t i = 0; ok && i < h->n_fields; i++) {
-		if (field_dropped_upstream(h, i))
-			continue;
-		ok = out_put(ex, http1_str(h, h->fields[i].name), h->fields[i].name.len) &&
-		     out_str(ex, ": ") &&
-		     out_put(ex, http1_str(h, h->fields[i].value), h->fields[i].value.len) &&
-		     out_str(ex, "\r\n");
-	}
+	ok = ok && out_fields(ex, h, field_dropped_upstream);
 	if (ok && p->api_key)
 		ok = p->format == FORMAT_ANTHROPIC ?
 			out_fmt(ex, "x-api-key: %s\r\n", p->api_key) :
@@ -465,14 +473,7 @@ static bool build_client_head(struct exchange *ex)
 	unsigned status = ex->resp.parser.status_code;
 	ex->out_len = 0;
 	bool ok = out_fmt(ex, "HTTP/1.1 %u %s\r\n", status, http1_reason(status));
-	for (uint16_t i = 0; ok && i < h->n_fields; i++) {
-		if (field_dropped_downstream(h, i))
-			continue;
-		ok = out_put(ex, http1_str(h, h->fields[i].name), h->fields[i].name.len) &&
-		     out_str(ex, ": ") &&
-		     out_put(ex, http1_str(h, h->fields[i].value), h->fields[i].value.len) &&
-		     out_str(ex, "\r\n");
-	}
+	ok = ok && out_fields(ex, h, field_dropped_downstream);
 	if (ok && ex->client->close_after)
 		ok = out_str(ex, "Connection: close\r\n");
 	return ok && out_str(ex, "\r\n");

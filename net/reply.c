@@ -6,30 +6,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/json_scan.h"
 #include "core/money.h"
 #include "core/shard.h"
 #include "net/client.h"
 #include "net/http1.h"
 #include "net/proxy.h"
-
-/* JSON-escapes s into out (cap bytes); returns length written. */
-static size_t json_escape(char *out, size_t cap, const char *s)
-{
-	size_t n = 0;
-	for (; *s && n + 7 < cap; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\') {
-			out[n++] = '\\';
-			out[n++] = (char)c;
-		} else if (c < 0x20) {
-			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
-		} else {
-			out[n++] = (char)c;
-		}
-	}
-	out[n] = '\0';
-	return n;
-}
 
 /* Sends ex->out[head_start..) as a complete local reply. */
 static void send_local(struct exchange *ex, unsigned status, const char *type,

@@ -23,6 +23,7 @@
 #include "core/log.h"
 #include "core/shard.h"
 #include "net/proxy.h"
+#include "net/sendq.h"
 
 static void upstream_free(struct upstream *u)
 {
@@ -55,6 +56,16 @@ void upstream_close(struct upstream *u)
 	timer_cancel(&s->timers, &u->timer);
 	shutdown(u->fd, SHUT_RDWR);
 	upstream_maybe_free(u);
+}
+
+/* The connection failed under its exchange: detach, close, tell the proxy. */
+static void upstream_fail(struct upstream *u, int err)
+{
+	struct exchange *ex = u->ex;
+	u->ex = NULL;
+	ex->up = NULL;
+	upstream_close(u);
+	proxy_upstream_closed(ex, err);
 }
 
 static void pool_remove(struct shard *s, struct upstream *u)
@@ -175,10 +186,7 @@ void upstream_on_connect(struct upstream *u, int res)
 	}
 	struct exchange *ex = u->ex;
 	if (res < 0) {
-		u->ex = NULL;
-		ex->up = NULL;
-		upstream_close(u);
-		proxy_upstream_closed(ex, res);
+		upstream_fail(u, res);
 		return;
 	}
 	u->state = UP_BUSY;
@@ -187,17 +195,21 @@ void upstream_on_connect(struct upstream *u, int res)
 	proxy_upstream_ready(ex);
 }
 
-void upstream_send(struct upstream *u, const struct iovec *iov, int n)
+static void upstream_post_send(struct upstream *u)
 {
-	struct sendq *q = &u->out;
-	memcpy(q->iov, iov, sizeof(*iov) * (size_t)n);
-	q->msg = (struct msghdr){ .msg_iov = q->iov, .msg_iovlen = (size_t)n };
 	struct io_uring_sqe *sqe = shard_sqe(u->shard);
-	io_uring_prep_sendmsg(sqe, u->fd, &q->msg, MSG_NOSIGNAL);
+	io_uring_prep_sendmsg(sqe, u->fd, &u->out.msg, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, ring_tag(OP_UPSTREAM_SEND, u));
-	q->posted = true;
+	u->out.posted = true;
 	u->inflight++;
 }
+
+void upstream_send(struct upstream *u, const struct iovec *iov, int n)
+{
+	sendq_set(&u->out, iov, n);
+	upstream_post_send(u);
+}
+
 
 void upstream_on_send(struct upstream *u, int res)
 {
@@ -208,24 +220,11 @@ void upstream_on_send(struct upstream *u, int res)
 		return;
 	}
 	if (res < 0) {
-		struct exchange *ex = u->ex;
-		u->ex = NULL;
-		ex->up = NULL;
-		upstream_close(u);
-		proxy_upstream_closed(ex, res);
+		upstream_fail(u, res);
 		return;
 	}
-	struct sendq *q = &u->out;
-	size_t sent = (size_t)res;
-	while (q->msg.msg_iovlen && sent >= q->msg.msg_iov[0].iov_len) {
-		sent -= q->msg.msg_iov[0].iov_len;
-		q->msg.msg_iov++;
-		q->msg.msg_iovlen--;
-	}
-	if (q->msg.msg_iovlen) {
-		q->msg.msg_iov[0].iov_base = (char *)q->msg.msg_iov[0].iov_base + sent;
-		q->msg.msg_iov[0].iov_len -= sent;
-		upstream_send(u, q->msg.msg_iov, (int)q->msg.msg_iovlen);
+	if (!sendq_advance(&u->out, (size_t)res)) {
+		upstream_post_send(u);
 		return;
 	}
 	proxy_upstream_sent(u->ex);
@@ -258,11 +257,7 @@ void upstream_on_recv(struct upstream *u, int res, uint32_t cqe_flags)
 			s->starved_upstreams = u;
 			return;
 		}
-		struct exchange *ex = u->ex;
-		u->ex = NULL;
-		ex->up = NULL;
-		upstream_close(u);
-		proxy_upstream_closed(ex, res);
+		upstream_fail(u, res);
 		return;
 	}
 	const char *data = (const char *)ring_buf_ptr(&s->ring, bid);
