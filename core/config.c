@@ -1138,13 +1138,77 @@ static void set_defaults(struct config *cfg)
 	};
 }
 
+#define CONFIG_MAX_BYTES (16u << 20)
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid:
+ * overlong forms, surrogates and code points past U+10FFFF included. */
+static size_t utf8_len(const unsigned char *p, size_t left)
+{
+	if (p[0] < 0x80)
+		return p[0] ? 1 : 0;   /* NUL has no place in a config file */
+	size_t n = p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 ? 2 : 0;
+	if (!n || n > left || p[0] > 0xf4)
+		return 0;
+	for (size_t i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	if ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] > 0x9f) ||
+	    (p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] > 0x8f))
+		return 0;
+	return n;
+}
+
+/*
+ * Reads the whole file (bounded) and checks it is UTF-8 before libfyaml
+ * sees it: YAML text must be Unicode, and libfyaml 0.7 can loop forever on
+ * some invalid sequences (found by tests/fuzz/config.c). Returns a malloc'd
+ * buffer or NULL after reporting the problem.
+ */
+static char *read_source(struct loader *ld, size_t *len_out)
+{
+	FILE *f = fopen(ld->path, "rb");
+	if (!f) {
+		load_error(ld, 0, "cannot open: %s", strerror(errno));
+		return NULL;
+	}
+	char *buf = malloc(CONFIG_MAX_BYTES + 1);
+	size_t len = buf ? fread(buf, 1, CONFIG_MAX_BYTES + 1, f) : 0;
+	bool read_error = ferror(f);
+	fclose(f);
+	if (!buf || read_error || len > CONFIG_MAX_BYTES) {
+		load_error(ld, 0, !buf ? "out of memory" : read_error ? "read error" :
+			   "larger than 16 MiB");
+		free(buf);
+		return NULL;
+	}
+	int line = 1;
+	for (size_t i = 0; i < len;) {
+		size_t n = utf8_len((const unsigned char *)buf + i, len - i);
+		if (!n) {
+			load_error(ld, line, "not valid UTF-8 text (byte 0x%02x)",
+				   (unsigned char)buf[i]);
+			free(buf);
+			return NULL;
+		}
+		line += buf[i] == '\n';
+		i += n;
+	}
+	*len_out = len;
+	return buf;
+}
+
 struct config *config_load(const char *path, FILE *errs)
 {
 	static atomic_uint_fast64_t generations;
 	struct loader ld = { .path = path, .errs = errs };
+	size_t src_len;
+	char *src = read_source(&ld, &src_len);
+	if (!src)
+		return NULL;
 	struct fy_parse_cfg pcfg = { .flags = FYPCF_QUIET };
-	struct fy_document *doc = fy_document_build_from_file(&pcfg, path);
+	struct fy_document *doc = fy_document_build_from_string(&pcfg, src, src_len);
 	if (!doc) {
+		free(src);
 		/* libfyaml is quiet here; re-parse noisily for its file:line. */
 		fprintf(errs, "%s:0: cannot read or parse as YAML\n", path);
 		struct fy_parse_cfg loud = { .flags = 0 };
@@ -1167,6 +1231,7 @@ struct config *config_load(const char *path, FILE *errs)
 	if (!ld.n_errors)
 		validate(&ld);
 	fy_document_destroy(doc);
+	free(src);
 	if (ld.n_errors) {
 		arena_free(ld.arena);
 		return NULL;

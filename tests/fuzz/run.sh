@@ -12,7 +12,7 @@ declare -A srcs=(
   [http1_request]="net/http1.c"
   [http1_response]="net/http1.c"
   [json_scan]="core/json_scan.c"
-  [config]="core/config.c core/arena.c core/money.c core/log.c"
+  [config]="core/config.c core/arena.c core/money.c core/log.c core/json_scan.c"
 )
 declare -A libs=(
   [http1_request]="-lhttp_parser" [http1_response]="-lhttp_parser"
@@ -23,7 +23,7 @@ for h in http1_request http1_response json_scan config; do
   # shellcheck disable=SC2086
   clang $CFLAGS tests/fuzz/$h.c ${srcs[$h]} -o "$out/$h" ${libs[$h]}
   mkdir -p "$out/corpus-$h"
-  if "$out/$h" -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=0 \
+  if "$out/$h" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 \
        "$out/corpus-$h" "tests/fuzz/corpus/$h" >"$out/$h.log" 2>&1; then
     echo "fuzz $h: ok (${secs}s)"; passed=$((passed + 1))
   else

@@ -114,6 +114,9 @@ static void test_errors(void)
 		     "secret_sha256: expected 64 hex digits");
 	expect_error("teams:\n  t:\nkeys:\n  - id: k\n    team: t\n", "id, secret_sha256 and team are required");
 	expect_error("admin:\n  addr: nowhere\n", "'nowhere' is not a host:port address");
+	/* invalid UTF-8 never reaches the YAML parser */
+	CHECK(load_text("listen: []\n# caf\xc3\n") == NULL && strstr(errs, ":2: not valid UTF-8"));
+	CHECK(load_text("listen:\n  - addr: \"127.0.0.1:1\"\n# \xed\xa0\x80\n") == NULL);
 	/* several errors are all reported */
 	expect_error("bogus: 1\nbogus2: 2\n", "bogus2");
 }
