@@ -30,7 +30,7 @@ LIB_OBJ      := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC     := $(wildcard tests/unit/*/*.c)
 UNIT_BIN     := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-PROGS := $(BUILD)/tollgate $(BUILD)/tollctl $(BUILD)/mockllm
+PROGS := $(BUILD)/tollgate $(BUILD)/tollctl $(BUILD)/mockllm $(BUILD)/bench_budget
 
 .PHONY: all deps run test unit e2e asan fuzz bench clean help
 all: deps $(PROGS)
@@ -66,6 +66,10 @@ $(BUILD)/tollctl: $(BUILD)/tools/tollctl.o $(BUILD)/libtollgate.a
 
 MOCK_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/mockllm*.c))
 $(BUILD)/mockllm: $(MOCK_OBJ) $(BUILD)/libtollgate.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench_budget: $(BUILD)/bench/budget_micro.o $(BUILD)/libtollgate.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 

@@ -9,7 +9,6 @@
  * Each call reserves on 4 scopes (run, key, team, org) and commits less
  * than it reserved, like a real call. Prints one JSON object.
  */
-#define _GNU_SOURCE
 #include <pthread.h>
 #include <stdbool.h>
 #include <sched.h>

@@ -401,6 +401,14 @@ def steal_percent(meta):
     return 100.0 * delta[7] / total if total and len(delta) > 7 else None
 
 
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def render(meta, summary, rows, facts, all_flags, warnings, conns):
     runs, dur = int(meta["runs"]), int(meta["duration"])
     quick = meta.get("quick") == "1"
@@ -461,6 +469,22 @@ def render(meta, summary, rows, facts, all_flags, warnings, conns):
           "the first round, including the exchange pool that round grew.")
         w("")
         w(conns_section(conns))
+        w("")
+    budget = read_json(os.path.join(meta["_work"], "raw", "budget.json"))
+    if budget:
+        w("## Budget engine: reserve + commit (bench/budget_micro.c)")
+        w("")
+        w(f"Each call reserves on {budget['scopes_per_call']} scopes (run, key, team, org) and "
+          f"commits less than it reserved; {budget['calls_per_thread']:,} calls per thread, threads "
+          "pinned to CPU 0 and 1. Fast path: far from the limit, calls are served from per-shard "
+          "leases. Edge: room for three calls in all, so every reservation is an exact CAS on the "
+          "shared counter and every release another.")
+        w("")
+        w("| case | ns per call |")
+        w("|:--|--:|")
+        w(f"| fast path, 1 shard | {budget['fast_path_1_shard_ns']:.1f} |")
+        w(f"| fast path, 2 shards | {budget['fast_path_2_shards_ns']:.1f} |")
+        w(f"| contended edge, 2 shards | {budget['edge_2_shards_ns']:.1f} |")
         w("")
     w("## Flags")
     w("")
@@ -566,6 +590,7 @@ def main():
         if note:
             problems[t].insert(0, note)
     summary = summarize(rows, meta, problems)
+    meta["_work"] = args.work
     conns, conns_problems = read_conns(args.work, meta)
     all_flags = [f"tollgate, many connections: {p}" for p in conns_problems]
     seen = set()

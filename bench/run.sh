@@ -419,6 +419,11 @@ if [ $conns_phase = 1 ]; then
 	printf 'conns_rc\t%s\n' $conns_rc >>"$work/meta.tsv"
 fi
 
+# The budget engine alone: ns per reserve+commit (bench/budget_micro.c).
+log "budget engine microbenchmark"
+"$root/build/bench_budget" >"$work/raw/budget.json" 2>"$work/raw/budget.err" ||
+	log "ERRORS: bench_budget: $(tail -c 300 "$work/raw/budget.err")"
+
 {
 	printf 'cpustat_end\t%s\n' "$(head -1 /proc/stat)"
 	printf 'elapsed_s\t%s\n' "$(($(date +%s) - started))"
