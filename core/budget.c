@@ -37,7 +37,7 @@ struct budget_scope *budget_scope_new(int64_t limit, uint32_t n_shards)
 	if (!s)
 		return NULL;
 	memset(s, 0, sizeof(*s) + sizeof(struct budget_local) * n_shards);
-	s->global.limit = limit;
+	st(&s->global.limit, limit);
 	s->n_shards = n_shards;
 	return s;
 }
@@ -47,12 +47,17 @@ void budget_scope_free(struct budget_scope *s)
 	free(s);
 }
 
+void budget_set_limit(struct budget_scope *s, int64_t limit)
+{
+	st(&s->global.limit, limit);
+}
+
 /* Takes at least `need` from the global pool into shard's lease. */
 static bool take_lease(struct budget_scope *s, struct budget_local *l, int64_t need)
 {
 	int64_t used = atomic_load_explicit(&s->global.used, memory_order_relaxed);
 	for (;;) {
-		int64_t remaining = s->global.limit - used;
+		int64_t remaining = ld(&s->global.limit) - used;
 		if (remaining < need)
 			return false;
 		int64_t chunk = remaining / (LEASE_DIVISOR * (int64_t)s->n_shards);
@@ -88,7 +93,7 @@ static bool reserve_one(struct budget_scope *s, uint32_t shard, int64_t amount)
 static void return_if_edge(struct budget_scope *s, struct budget_local *l)
 {
 	int64_t lease = ld(&l->lease);
-	int64_t remaining = s->global.limit -
+	int64_t remaining = ld(&s->global.limit) -
 		atomic_load_explicit(&s->global.used, memory_order_relaxed);
 	if (lease > 0 && remaining < lease) {
 		st(&l->lease, 0);
@@ -157,7 +162,7 @@ void budget_return_lease(struct budget_scope *s, uint32_t shard)
 void budget_totals(const struct budget_scope *s, struct budget_totals *out)
 {
 	struct budget_scope *m = (struct budget_scope *)s;
-	*out = (struct budget_totals){ .limit = s->global.limit };
+	*out = (struct budget_totals){ .limit = ld(&m->global.limit) };
 	for (uint32_t i = 0; i < s->n_shards; i++) {
 		out->committed += ld(&m->local[i].committed);
 		out->reserved += ld(&m->local[i].reserved);

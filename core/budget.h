@@ -13,6 +13,9 @@
 
 struct budget_scope *budget_scope_new(int64_t limit, uint32_t n_shards);
 void budget_scope_free(struct budget_scope *s);
+/* A reload changed the limit. Lowering it below what is used refuses new
+ * reservations until spend falls under it; nothing already reserved is lost. */
+void budget_set_limit(struct budget_scope *s, int64_t limit);
 
 /*
  * Reserves `amount` on every scope of scopes[0..n) for `shard`, or on none.

@@ -21,7 +21,7 @@
 /* Shared by all shards: what has left the global pool for this scope. */
 struct budget_global {
 	_Alignas(CACHELINE) _Atomic int64_t used;  /* Σ shards (lease + reserved + committed) */
-	int64_t limit;                             /* µUSD, fixed for the window */
+	_Atomic int64_t limit;                     /* µUSD; changed only by a reload */
 };
 
 /*

@@ -741,6 +741,13 @@ static int read_budget(struct loader *ld, struct fy_node *k, struct fy_node *v,
 		load_error(ld, b->line, "budget: limit is required");
 		return -EINVAL;
 	}
+	/* Refused rather than approximated: a limit that silently meant
+	 * something else would be a budget bypass. */
+	if (b->window != WINDOW_TOTAL || b->mode != MODE_HARD_GATE) {
+		load_error(ld, b->line, "budget: only window: total and mode: hard_gate are "
+			   "enforced by this build");
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -856,6 +863,10 @@ static int key_mode(struct loader *ld, struct fy_node *k, struct fy_node *v, voi
 {
 	int m = read_enum(ld, k, v, mode_names, (int)ARRAY_SIZE(mode_names));
 	((struct cfg_key *)obj)->mode = (uint8_t)m;
+	if (m >= 0 && m != MODE_HARD_GATE) {
+		load_error(ld, node_line(k), "mode: only hard_gate is enforced by this build");
+		return -EINVAL;
+	}
 	return m < 0 ? -EINVAL : 0;
 }
 

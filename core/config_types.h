@@ -16,6 +16,7 @@
 #include "core/money.h"
 
 struct arena;
+struct budget_scope;
 
 /* A socket address parsed from "host:port" or "[v6]:port". */
 struct cfg_addr {
@@ -100,6 +101,7 @@ struct cfg_budget {
 	usd_micros soft_margin;
 	uint32_t alert_ppm[CFG_MAX_ALERTS];  /* fractions of limit, parts per million */
 	int line;
+	struct budget_scope *scope;  /* live counters, bound by budget_book_bind() */
 };
 
 /* An org, team or user: a named scope with an optional parent. */

@@ -1,0 +1,93 @@
+/*
+ * budget_book.c — scopes by (kind, name), see budget_book.h. Touched only
+ * at load time, so a list is enough.
+ */
+#include "core/budget_book.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum scope_kind { KIND_ORG, KIND_TEAM, KIND_USER, KIND_KEY };
+
+struct book_entry {
+	enum scope_kind kind;
+	char *name;
+	struct budget_scope *scope;
+	struct book_entry *next;
+};
+
+struct budget_book {
+	uint32_t n_shards;
+	struct book_entry *entries;
+};
+
+struct budget_book *budget_book_new(uint32_t n_shards)
+{
+	struct budget_book *b = calloc(1, sizeof(*b));
+	if (b)
+		b->n_shards = n_shards;
+	return b;
+}
+
+void budget_book_free(struct budget_book *b)
+{
+	if (!b)
+		return;
+	for (struct book_entry *e = b->entries, *next; e; e = next) {
+		next = e->next;
+		budget_scope_free(e->scope);
+		free(e->name);
+		free(e);
+	}
+	free(b);
+}
+
+static struct budget_scope *scope_for(struct budget_book *b, enum scope_kind kind,
+				      const char *name, int64_t limit)
+{
+	for (struct book_entry *e = b->entries; e; e = e->next) {
+		if (e->kind == kind && !strcmp(e->name, name)) {
+			budget_set_limit(e->scope, limit);
+			return e->scope;
+		}
+	}
+	struct book_entry *e = calloc(1, sizeof(*e));
+	if (!e)
+		return NULL;
+	e->name = strdup(name);
+	e->scope = budget_scope_new(limit, b->n_shards);
+	if (!e->name || !e->scope) {
+		free(e->name);
+		budget_scope_free(e->scope);
+		free(e);
+		return NULL;
+	}
+	e->kind = kind;
+	e->next = b->entries;
+	b->entries = e;
+	return e->scope;
+}
+
+static int bind_budget(struct budget_book *b, enum scope_kind kind, const char *name,
+		       struct cfg_budget *budget)
+{
+	if (!budget->present)
+		return 0;
+	budget->scope = scope_for(b, kind, name, budget->limit);
+	return budget->scope ? 0 : -ENOMEM;
+}
+
+int budget_book_bind(struct budget_book *b, struct config *cfg)
+{
+	int rc = 0;
+	for (uint32_t i = 0; i < cfg->n_orgs && !rc; i++)
+		rc = bind_budget(b, KIND_ORG, cfg->orgs[i].name, &cfg->orgs[i].budget);
+	for (uint32_t i = 0; i < cfg->n_teams && !rc; i++)
+		rc = bind_budget(b, KIND_TEAM, cfg->teams[i].name, &cfg->teams[i].budget);
+	for (uint32_t i = 0; i < cfg->n_users && !rc; i++)
+		rc = bind_budget(b, KIND_USER, cfg->users[i].name, &cfg->users[i].budget);
+	for (uint32_t i = 0; i < cfg->n_keys && !rc; i++)
+		rc = bind_budget(b, KIND_KEY, cfg->keys[i].id, &cfg->keys[i].budget);
+	return rc;
+}

@@ -1,0 +1,36 @@
+/* Unit tests for core/usage.c. */
+#include <string.h>
+
+#include "core/usage.h"
+#include "tests/unit/check.h"
+
+static bool parse(const char *s, struct usage *u)
+{
+	return usage_parse(s, strlen(s), u);
+}
+
+int main(void)
+{
+	struct usage u;
+	CHECK(parse("{\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":5,"
+		    "\"total_tokens\":14}}", &u));
+	CHECK(u.input_tokens == 9 && u.output_tokens == 5 && u.cached_tokens == 0);
+	CHECK(parse("\"usage\": {\"prompt_tokens\": 100, \"prompt_tokens_details\": "
+		    "{\"cached_tokens\": 40}, \"completion_tokens\": 7}", &u));
+	CHECK(u.input_tokens == 100 && u.cached_tokens == 40 && u.output_tokens == 7);
+	CHECK(parse("{\"type\":\"message\",\"usage\":{\"input_tokens\":14,"
+		    "\"cache_read_input_tokens\":6,\"output_tokens\":3}}", &u));
+	CHECK(u.input_tokens == 20 && u.cached_tokens == 6 && u.output_tokens == 3);
+	/* the last usage object wins; text that mentions usage does not count */
+	CHECK(parse("{\"content\":\"the \\\"usage\\\" word\",\"usage\":{\"output_tokens\":2}}", &u));
+	CHECK(u.output_tokens == 2);
+	/* a key inside a string value is not a counter */
+	CHECK(!parse("{\"usage\":{\"note\":\"xprompt_tokens\"}}", &u));
+	CHECK(parse("{\"usage\":{\"note\":\"prompt_tokens\",\"prompt_tokens\":3}}", &u) &&
+	      u.input_tokens == 3);
+	CHECK(!parse("{\"no\":1}", &u));
+	CHECK(!parse("\"usage\"", &u));
+	CHECK(!parse("{\"usage\":{\"prompt_tokens\":1234567890123}}", &u));
+	CHECK(parse("{\"usage\":{\"output_tokens\":5", &u) && u.output_tokens == 5);
+	return check_report("core/usage");
+}
