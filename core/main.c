@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "core/budget_book.h"
 #include "core/config.h"
 #include "core/defs.h"
 #include "core/log.h"
@@ -105,11 +106,24 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-static void reload(struct shard *shards, int n, const char *path)
+/* Binds a loaded generation to the live counters; logs the relay-only case. */
+static int bind_budgets(struct budget_book *book, struct config *cfg)
+{
+	if (budget_book_bind(book, cfg)) {
+		log_error("out of memory binding budgets");
+		return -1;
+	}
+	if (!cfg->n_keys)
+		log_warn("no keys configured: agents are relayed without authentication or budgets");
+	return 0;
+}
+
+static void reload(struct shard *shards, int n, const char *path, struct budget_book *book)
 {
 	struct config *next = config_load(path, stderr);
-	if (!next) {
+	if (!next || bind_budgets(book, next)) {
 		log_error("reload of %s failed; keeping the running configuration", path);
+		config_unref(next);
 		return;
 	}
 	for (int i = 0; i < n; i++) {
@@ -155,6 +169,12 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	struct budget_book *book = budget_book_new((uint32_t)workers);
+	if (!book || workers > BUDGET_MAX_SHARDS || bind_budgets(book, cfg)) {
+		log_error("cannot set up budgets for %d workers (at most %d)", workers,
+			  BUDGET_MAX_SHARDS);
+		return 2;
+	}
 	struct shard *shards = calloc((size_t)workers, sizeof(*shards));
 	if (!shards)
 		return 2;
@@ -168,6 +188,7 @@ int main(int argc, char **argv)
 				shard_destroy(&shards[j]);
 			free(shards);
 			config_unref(cfg);
+			budget_book_free(book);
 			return 2;
 		}
 	}
@@ -186,7 +207,7 @@ int main(int argc, char **argv)
 		if (sigwait(&sigs, &sig))
 			continue;
 		if (sig == SIGHUP) {
-			reload(shards, workers, opt.config_path);
+			reload(shards, workers, opt.config_path, book);
 			continue;
 		}
 		log_info("signal %d: draining", sig);
@@ -202,6 +223,7 @@ int main(int argc, char **argv)
 		shard_destroy(&shards[i]);
 	}
 	free(shards);
+	budget_book_free(book);
 	log_info("stopped");
 	return code;
 }

@@ -78,6 +78,7 @@ struct shard {
 
 	bool draining;
 	uint64_t drain_deadline_ms;
+	uint64_t decisions;              /* decision ids issued by this shard */
 	int wake_fd;                     /* eventfd: the main thread's doorbell */
 	uint64_t wake_value;
 	struct shard_stats stats;

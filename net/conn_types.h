@@ -21,6 +21,7 @@
 struct shard;
 struct exchange;
 struct cfg_hold;
+struct budget_scope;
 
 enum timer_kind {
 	TIMER_CLIENT_HEADER = 1,  /* first byte of a request -> end of its head */
@@ -116,6 +117,8 @@ enum exchange_state {
  *   body       the request body: inline up to EX_INLINE_BODY, else heap
  */
 #define EX_INLINE_BODY 16384
+#define EX_MAX_SCOPES 4       /* key, user, team, org */
+#define EX_USAGE_TAIL 2048    /* usage sits at the end of a reply body */
 #define EX_RESP_HEAD 16384
 
 struct exchange {
@@ -134,6 +137,22 @@ struct exchange {
 	bool resp_close_delimited;/* reply body ends at upstream EOF */
 	uint16_t status;          /* status sent to the client */
 	uint64_t resp_bytes;      /* reply bytes received from upstream */
+	/* the budget decision (net/decide.c); n_scopes == 0: not budgeted */
+	const struct cfg_key *key;
+	struct budget_scope *scopes[EX_MAX_SCOPES];
+	const char *scope_kind[EX_MAX_SCOPES];    /* "key", "user", "team", "org" */
+	const char *scope_name[EX_MAX_SCOPES];
+	uint8_t n_scopes;
+	int8_t blocking_scope;    /* index of the scope that refused, or -1 */
+	bool allowed;             /* authenticated and reserved */
+	bool settled;             /* the reservation was committed or released */
+	int64_t reserved_usd;     /* 0: nothing reserved */
+	int64_t estimate_usd;
+	int64_t actual_usd;       /* after settlement */
+	uint64_t decision_id;
+	uint32_t max_output_tokens;
+	uint32_t tail_len;        /* reply body tail kept for its usage */
+	char tail[EX_USAGE_TAIL];
 	struct iovec req_iov[SENDQ_MAX_IOV]; /* the upstream request, kept for a retry */
 	int req_iov_n;
 	struct http_msg req;

@@ -32,6 +32,7 @@
 #include "core/log.h"
 #include "core/shard.h"
 #include "net/client.h"
+#include "net/decide.h"
 #include "net/http1.h"
 #include "net/upstream.h"
 
@@ -82,6 +83,7 @@ struct exchange *exchange_get(struct shard *s)
 
 static void exchange_put(struct shard *s, struct exchange *ex)
 {
+	decide_settle(ex);
 	if (ex->body != ex->inline_body)
 		free(ex->body);
 	struct cfg_hold *hold = ex->hold;
@@ -422,6 +424,8 @@ void proxy_request(struct exchange *ex)
 			      "this model speaks the OpenAI API: use /v1/chat/completions");
 		return;
 	}
+	if (!decide_request(ex, &top, !strcmp(route->path, "/v1/embeddings")))
+		return;
 	struct iovec body[3];
 	int n_body = body_iov(ex, &top, body);
 	/* path after "/v1", query included */
@@ -474,6 +478,11 @@ static bool build_client_head(struct exchange *ex)
 	ex->out_len = 0;
 	bool ok = out_fmt(ex, "HTTP/1.1 %u %s\r\n", status, http1_reason(status));
 	ok = ok && out_fields(ex, h, field_dropped_downstream);
+	if (ok) {
+		size_t n = decide_headers(ex, ex->out + ex->out_len, ex->out_cap - ex->out_len);
+		ok = n > 0 || !ex->cfg->n_keys;
+		ex->out_len += (uint32_t)n;
+	}
 	if (ok && ex->client->close_after)
 		ok = out_str(ex, "Connection: close\r\n");
 	return ok && out_str(ex, "\r\n");

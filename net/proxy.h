@@ -29,6 +29,9 @@ void proxy_upstream_timeout(struct exchange *ex, uint8_t kind);
 /* Local replies (net/reply.c). */
 void reply_problem(struct exchange *ex, unsigned status, const char *code,
 		   const char *detail);
+/* As reply_problem, with `extra` (",\"member\":...") added to the JSON object. */
+void reply_problem_ext(struct exchange *ex, unsigned status, const char *code,
+		       const char *detail, const char *extra);
 void reply_models(struct exchange *ex);
 
 #endif

@@ -10,6 +10,7 @@
 #include "core/money.h"
 #include "core/shard.h"
 #include "net/client.h"
+#include "net/decide.h"
 #include "net/http1.h"
 #include "net/proxy.h"
 
@@ -18,11 +19,13 @@ static void send_local(struct exchange *ex, unsigned status, const char *type,
 		       const char *body, size_t body_len)
 {
 	struct client *c = ex->client;
-	int n = snprintf(ex->out, ex->out_cap,
-			 "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
-			 status, http1_reason(status), type, body_len,
-			 c->close_after ? "Connection: close\r\n" : "");
-	size_t head = (size_t)n;
+	ex->status = (uint16_t)status;
+	size_t head = (size_t)snprintf(ex->out, ex->out_cap,
+				       "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
+				       status, http1_reason(status), type, body_len);
+	head += decide_headers(ex, ex->out + head, ex->out_cap - head);
+	head += (size_t)snprintf(ex->out + head, ex->out_cap - head, "%s\r\n",
+				 c->close_after ? "Connection: close\r\n" : "");
 	if (head + body_len > ex->out_cap)
 		body_len = 0;    /* callers size bodies to fit; never overflow */
 	/* A reply to HEAD is the head a GET would get, without the body: a
@@ -31,7 +34,6 @@ static void send_local(struct exchange *ex, unsigned status, const char *type,
 		body_len = 0;
 	memmove(ex->out + head, body, body_len);
 	ex->out_len = (uint32_t)(head + body_len);
-	ex->status = (uint16_t)status;
 	ex->state = EX_LOCAL;
 	c->state = CLIENT_BUSY;
 	client_send(c, ex->out, ex->out_len, NULL, 0, -1);
@@ -40,12 +42,18 @@ static void send_local(struct exchange *ex, unsigned status, const char *type,
 void reply_problem(struct exchange *ex, unsigned status, const char *code,
 		   const char *detail)
 {
-	char esc[512], body[1024];
+	reply_problem_ext(ex, status, code, detail, "");
+}
+
+void reply_problem_ext(struct exchange *ex, unsigned status, const char *code,
+		       const char *detail, const char *extra)
+{
+	char esc[512], body[2048];
 	json_escape(esc, sizeof(esc), detail);
 	int n = snprintf(body, sizeof(body),
 			 "{\"type\":\"urn:tollgate:problem:%s\",\"title\":\"%s\","
-			 "\"status\":%u,\"detail\":\"%s\",\"code\":\"%s\"}",
-			 code, http1_reason(status), status, esc, code);
+			 "\"status\":%u,\"detail\":\"%s\",\"code\":\"%s\"%s}",
+			 code, http1_reason(status), status, esc, code, extra);
 	send_local(ex, status, "application/problem+json", body,
 		   (size_t)n < sizeof(body) ? (size_t)n : sizeof(body) - 1);
 }

@@ -1,0 +1,262 @@
+/*
+ * decide.c — authenticate, price and reserve before forwarding; settle
+ * after (SPEC §3–§4).
+ *
+ * With `keys` configured every agent call must present a key (Bearer or
+ * x-api-key), stored only as its SHA-256. The call's worst case — input
+ * bounded from the body, output at effective_max_output_tokens — is
+ * reserved on every budgeted scope of the key (key, user, team, org) or on
+ * none (core/budget.c), and refused with a problem naming the scope that
+ * could not cover it. Nothing here fails open: an unpriced model, a
+ * missing cap or an unreadable max_tokens is a refusal, never a free call.
+ *
+ * When the reply is complete the reservation becomes a spend: the
+ * provider's usage priced exactly, or the whole reservation if the reply
+ * carried no usage. A partial reply (reset, timeout, agent gone) spends the
+ * whole reservation, since tokens were generated; streaming replies are
+ * charged the same way until stream metering lands. A call that got no
+ * reply byte releases everything.
+ */
+#include "net/decide.h"
+
+#include <mbedtls/sha256.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/budget.h"
+#include "core/config.h"
+#include "core/pricing.h"
+#include "core/shard.h"
+#include "core/usage.h"
+#include "net/http1.h"
+#include "net/proxy.h"
+
+/* The agent's key from Authorization: Bearer or x-api-key, or NULL. */
+static const char *agent_secret(const struct http_head *h, uint32_t *len)
+{
+	const char *v = http1_field(h, "authorization", len);
+	if (v && *len > 7 && !strncasecmp(v, "Bearer ", 7)) {
+		*len -= 7;
+		return v + 7;
+	}
+	return http1_field(h, "x-api-key", len);
+}
+
+static bool key_allows(const struct cfg_key *k, const struct cfg_model *m)
+{
+	if (!k->n_models)
+		return true;
+	for (uint32_t i = 0; i < k->n_models; i++)
+		if (!strcmp(k->models[i], "*") || !strcmp(k->models[i], m->name))
+			return true;
+	return false;
+}
+
+/* A JSON integer in [0, 1e9] from a top-level span; false if malformed. */
+static bool read_count(const char *body, struct json_span sp, uint64_t *out)
+{
+	if (!sp.present)
+		return true;
+	if (sp.len == 0 || sp.len > 10)
+		return false;
+	uint64_t v = 0;
+	for (uint32_t i = 0; i < sp.len; i++) {
+		char c = body[sp.off + i];
+		if (c < '0' || c > '9')
+			return false;
+		v = v * 10 + (uint64_t)(c - '0');
+	}
+	if (v > 1000000000)
+		return false;
+	*out = v;
+	return true;
+}
+
+static void add_scope(struct exchange *ex, const struct cfg_budget *b, const char *kind,
+		      const char *name)
+{
+	if (!b->present || !b->scope)
+		return;
+	ex->scopes[ex->n_scopes] = b->scope;
+	ex->scope_kind[ex->n_scopes] = kind;
+	ex->scope_name[ex->n_scopes] = name;
+	ex->n_scopes++;
+}
+
+static void collect_scopes(struct exchange *ex)
+{
+	const struct config *cfg = ex->cfg;
+	const struct cfg_key *k = ex->key;
+	add_scope(ex, &k->budget, "key", k->id);
+	if (k->user >= 0)
+		add_scope(ex, &cfg->users[k->user].budget, "user", cfg->users[k->user].name);
+	const struct cfg_principal *team = &cfg->teams[k->team];
+	add_scope(ex, &team->budget, "team", team->name);
+	if (team->parent >= 0)
+		add_scope(ex, &cfg->orgs[team->parent].budget, "org", cfg->orgs[team->parent].name);
+}
+
+static void money(int64_t v, char *buf)
+{
+	money_format(v, buf, 32);
+}
+
+/* 402 naming the scope that could not cover the estimate. */
+static void refuse_budget(struct exchange *ex, int scope)
+{
+	struct budget_totals t;
+	budget_totals(ex->scopes[scope], &t);
+	char limit[32], committed[32], reserved[32], remaining[32], estimate[32];
+	money(t.limit, limit);
+	money(t.committed, committed);
+	money(t.reserved, reserved);
+	money(t.limit - t.committed - t.reserved, remaining);
+	money(ex->estimate_usd, estimate);
+	char code[32], detail[160], extra[700];
+	snprintf(code, sizeof(code), "%s_ceiling_reached", ex->scope_kind[scope]);
+	snprintf(detail, sizeof(detail), "the call's worst case ($%s) does not fit the %s budget",
+		 estimate, ex->scope_kind[scope]);
+	snprintf(extra, sizeof(extra),
+		 ",\"budget\":{\"scope\":\"%s:%s\",\"run_id\":null,\"limit_usd\":\"%s\","
+		 "\"committed_usd\":\"%s\",\"reserved_usd\":\"%s\",\"remaining_usd\":\"%s\","
+		 "\"estimate_usd\":\"%s\",\"effective_max_output_tokens\":%u},\"alternatives\":[]",
+		 ex->scope_kind[scope], ex->scope_name[scope], limit, committed, reserved,
+		 remaining, estimate, ex->max_output_tokens);
+	ex->blocking_scope = (int8_t)scope;
+	reply_problem_ext(ex, 402, code, detail, extra);
+}
+
+bool decide_request(struct exchange *ex, const struct json_top *top, bool embeddings)
+{
+	const struct config *cfg = ex->cfg;
+	struct shard *s = ex->client->shard;
+	ex->blocking_scope = -1;
+	if (!cfg->n_keys)
+		return true;     /* relay-only configuration (warned at start) */
+	ex->decision_id = (uint64_t)s->id << 48 | ++s->decisions;
+
+	uint32_t len;
+	const char *secret = agent_secret(&ex->req.head, &len);
+	unsigned char digest[32];
+	if (!secret || len == 0 ||
+	    mbedtls_sha256_ret((const unsigned char *)secret, len, digest, 0) ||
+	    !(ex->key = config_find_key(cfg, digest))) {
+		reply_problem(ex, 401, "invalid_key", secret ? "unknown API key" :
+			      "send the key as Authorization: Bearer or x-api-key");
+		return false;
+	}
+	if (!key_allows(ex->key, ex->model)) {
+		reply_problem(ex, 403, "model_not_allowed", "this key may not use this model");
+		return false;
+	}
+	if (!pricing_known(ex->model)) {
+		reply_problem(ex, 402, "unknown_price",
+			      "the model has no price: calls to it are refused, not free");
+		return false;
+	}
+	uint64_t client_cap = 0;
+	if (!read_count(ex->body, top->max_tokens, &client_cap) ||
+	    !read_count(ex->body, top->max_completion_tokens, &client_cap)) {
+		reply_problem(ex, 400, "invalid_request", "max_tokens must be an integer in [0, 1e9]");
+		return false;
+	}
+	if (!embeddings) {
+		ex->max_output_tokens = pricing_effective_max_output(client_cap, 0,
+								     ex->model->max_output_tokens);
+		if (!ex->max_output_tokens) {
+			reply_problem(ex, 400, "missing_max_tokens",
+				      "hard_gate needs max_tokens: the model has no cap either");
+			return false;
+		}
+	}
+	struct estimate e;
+	pricing_estimate(ex->model, ex->body_len, ex->max_output_tokens, &e);
+	ex->estimate_usd = e.usd;
+	collect_scopes(ex);
+	int refused = budget_reserve(ex->scopes, ex->n_scopes, (uint32_t)s->id, e.usd);
+	if (refused >= 0) {
+		refuse_budget(ex, refused);
+		return false;
+	}
+	ex->reserved_usd = e.usd;
+	ex->allowed = true;
+	ex->resp.on_body = decide_reply_body;
+	return true;
+}
+
+int decide_reply_body(struct http_msg *m, const char *data, size_t len)
+{
+	struct exchange *ex = m->owner;
+	if (len >= EX_USAGE_TAIL) {
+		memcpy(ex->tail, data + len - EX_USAGE_TAIL, EX_USAGE_TAIL);
+		ex->tail_len = EX_USAGE_TAIL;
+		return 0;
+	}
+	if (ex->tail_len + len > EX_USAGE_TAIL) {
+		size_t drop = ex->tail_len + len - EX_USAGE_TAIL;
+		memmove(ex->tail, ex->tail + drop, ex->tail_len - drop);
+		ex->tail_len -= (uint32_t)drop;
+	}
+	memcpy(ex->tail + ex->tail_len, data, len);
+	ex->tail_len += (uint32_t)len;
+	return 0;
+}
+
+void decide_settle(struct exchange *ex)
+{
+	if (!ex->allowed || ex->settled)
+		return;
+	ex->settled = true;
+	uint32_t shard = (uint32_t)ex->client->shard->id;
+	if (ex->resp_bytes == 0) {
+		budget_release(ex->scopes, ex->n_scopes, shard, ex->reserved_usd);
+		ex->actual_usd = 0;
+		return;
+	}
+	struct usage u;
+	ex->actual_usd = ex->reserved_usd;
+	if (ex->resp_complete && ex->status < 300 && usage_parse(ex->tail, ex->tail_len, &u))
+		ex->actual_usd = pricing_actual(ex->model, u.input_tokens, u.cached_tokens,
+						u.output_tokens);
+	else if (ex->resp_complete && ex->status >= 400)
+		ex->actual_usd = 0;   /* the provider refused the call: nothing generated */
+	budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd);
+}
+
+size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
+{
+	const struct config *cfg = ex->cfg;
+	if (!cfg->n_keys)
+		return 0;
+	bool blocked = !ex->allowed;
+	size_t n = (size_t)snprintf(out, cap,
+		"X-Budget-Decision: %s\r\nX-Budget-Decision-Id: d-%012llx\r\n"
+		"X-Budget-Enforcement-Mode: hard_gate\r\nX-Budget-Price-Table-Version: %s\r\n",
+		blocked ? "block" : "allow", (unsigned long long)ex->decision_id,
+		cfg->prices_version);
+	if (n < cap && ex->allowed)
+		n += (size_t)snprintf(out + n, cap - n, "X-Budget-Reservation-Id: r-%012llx\r\n",
+				      (unsigned long long)ex->decision_id);
+	/* the tightest scope: least money left */
+	int64_t least = INT64_MAX;
+	int tightest = -1;
+	for (int i = 0; i < ex->n_scopes; i++) {
+		struct budget_totals t;
+		budget_totals(ex->scopes[i], &t);
+		if (t.limit - t.committed - t.reserved < least) {
+			least = t.limit - t.committed - t.reserved;
+			tightest = i;
+		}
+	}
+	if (n < cap && tightest >= 0) {
+		char remaining[32];
+		money(least, remaining);
+		n += (size_t)snprintf(out + n, cap - n, "X-Budget-Remaining-USD: %s\r\n", remaining);
+	}
+	if (n < cap && ex->blocking_scope >= 0)
+		n += (size_t)snprintf(out + n, cap - n, "X-Budget-Blocking-Scope: %s:%s\r\n",
+				      ex->scope_kind[ex->blocking_scope],
+				      ex->scope_name[ex->blocking_scope]);
+	return n < cap ? n : 0;
+}
