@@ -22,6 +22,8 @@ function M.load_request(body_file, tokens)
 	f:close()
 	wrk.headers["Content-Type"] = "application/json"
 	wrk.headers["x-mock-tokens"] = tostring(tokens)
+	-- tollgate (budgets on) authenticates this key; the others ignore it
+	wrk.headers["Authorization"] = "Bearer tg-bench-key"
 end
 
 function M.done(summary, latency, requests)

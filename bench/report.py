@@ -18,11 +18,11 @@ import re
 import statistics
 import sys
 
-TARGETS = ["direct", "nginx", "haproxy", "tollgate"]
-PROXIES = ["nginx", "haproxy", "tollgate"]
+TARGETS = ["direct", "nginx", "haproxy", "tollgate-relay", "tollgate"]
+PROXIES = ["nginx", "haproxy", "tollgate-relay", "tollgate"]
 WORKLOADS = ["nonstream", "stream"]
 LABEL = {"direct": "direct (mockllm)", "nginx": "nginx", "haproxy": "HAProxy",
-         "tollgate": "tollgate"}
+         "tollgate-relay": "tollgate, relay only", "tollgate": "tollgate, budgets on"}
 WL_LABEL = {"nonstream": "non-stream", "stream": "stream"}
 # "CPU 0 other %" above which a run is marked noisy (a warning, not an error).
 # At 1,000 req/s loopback softirq work alone is ~10% of CPU 0.
@@ -321,7 +321,7 @@ def headline_table(summary):
     for t in PROXIES:
         rows.append([LABEL[t]] + [fcpu(summary[("wrk", t, wl)]["cpu_us"]) for wl in WORKLOADS]
                     + [fcpu(summary[("h2load", t, "nonstream")]["cpu_us"])])
-    for other in ("haproxy", "nginx"):
+    for other in ("haproxy", "nginx", "tollgate-relay"):
         rows.append([f"tollgate / {LABEL[other]}"] + [
             fratio(summary[(k, "tollgate", wl)]["cpu_us"], summary[(k, other, wl)]["cpu_us"])
             for k, wl in (("wrk", "nonstream"), ("wrk", "stream"), ("h2load", "nonstream"))])

@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <stdbool.h>
-#include <stdio.h>
 
 int money_parse(const char *text, size_t len, usd_micros *out)
 {
@@ -47,19 +46,28 @@ int money_parse(const char *text, size_t len, usd_micros *out)
 
 size_t money_format(usd_micros v, char *out, size_t cap)
 {
-	const char *sign = "";
-	uint64_t mag = (uint64_t)v;
-	if (v < 0) {
-		sign = "-";
-		mag = 0 - (uint64_t)v;
-	}
-	uint64_t whole = mag / 1000000, frac = mag % 1000000;
+	/* by hand, not snprintf: it runs on every budgeted reply */
+	char tmp[32];
+	size_t n = 0;
+	uint64_t mag = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+	uint64_t frac = mag % 1000000, whole = mag / 1000000;
 	int digits = 6;
 	while (digits > 2 && frac % 10 == 0) {
 		frac /= 10;
 		digits--;
 	}
-	int n = snprintf(out, cap, "%s%llu.%0*llu", sign,
-			 (unsigned long long)whole, digits, (unsigned long long)frac);
-	return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+	for (int i = 0; i < digits; i++, frac /= 10)
+		tmp[n++] = (char)('0' + frac % 10);
+	tmp[n++] = '.';
+	do {
+		tmp[n++] = (char)('0' + whole % 10);
+		whole /= 10;
+	} while (whole);
+	if (v < 0)
+		tmp[n++] = '-';
+	size_t len = n < cap ? n : cap - 1;
+	for (size_t i = 0; i < len; i++)
+		out[i] = tmp[n - 1 - i];
+	out[len] = '\0';
+	return len;
 }

@@ -62,9 +62,11 @@ static bool counter(const char *obj, size_t len, const char *name, uint64_t *out
 bool usage_parse(const char *buf, size_t len, struct usage *out)
 {
 	*out = (struct usage){ 0 };
+	/* The last "usage" key: providers put it at the end, so search back. */
 	const char *key = NULL;
-	for (const char *p = buf; (p = memmem(p, (size_t)(buf + len - p), "\"usage\"", 7)); p += 7)
-		key = p;
+	for (size_t i = len; i >= 7 && !key; i--)
+		if (buf[i - 1] == '"' && !memcmp(buf + i - 7, "\"usage\"", 7))
+			key = buf + i - 7;
 	if (!key)
 		return false;
 	const char *brace = memchr(key, '{', (size_t)(buf + len - key));

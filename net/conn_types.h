@@ -59,6 +59,8 @@ enum client_state {
 	CLIENT_CLOSING,           /* shut down; freed when inflight == 0 */
 };
 
+#define CLIENT_AUTH_CACHE 64
+
 struct client {
 	struct shard *shard;
 	int fd;
@@ -71,6 +73,13 @@ struct client {
 	struct stash in;
 	struct sendq out;
 	struct exchange *ex;      /* the request being answered, or NULL */
+	/* The key this connection authenticated last: an agent sends the same
+	 * key on every request, and comparing it costs less than hashing it.
+	 * Valid for one config generation. */
+	const struct cfg_key *auth_key;
+	uint64_t auth_generation;
+	uint8_t auth_len;
+	char auth_secret[CLIENT_AUTH_CACHE];
 	struct client *prev, *next;   /* the shard's live list, or free list */
 	struct client *next_starved;
 };
@@ -152,11 +161,8 @@ struct exchange {
 	uint64_t decision_id;
 	uint32_t max_output_tokens;
 	uint32_t tail_len;        /* reply body tail kept for its usage */
-	char tail[EX_USAGE_TAIL];
 	struct iovec req_iov[SENDQ_MAX_IOV]; /* the upstream request, kept for a retry */
 	int req_iov_n;
-	struct http_msg req;
-	struct http_msg resp;
 	char *body;
 	uint64_t body_len, body_cap;
 	char *out;
@@ -164,6 +170,12 @@ struct exchange {
 	struct exchange *next_free;
 	char *inline_body;        /* EX_INLINE_BODY bytes after the struct */
 	uint32_t head_cap;        /* req_head capacity this exchange was built with */
+
+	/* --- not cleared between requests: set up by http1_init(), or
+	 * meaningful only up to tail_len --- */
+	struct http_msg req;
+	struct http_msg resp;
+	char tail[EX_USAGE_TAIL];
 };
 
 #endif

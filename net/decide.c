@@ -43,6 +43,29 @@ static const char *agent_secret(const struct http_head *h, uint32_t *len)
 	return http1_field(h, "x-api-key", len);
 }
 
+/* The configured key whose SHA-256 the secret has, or NULL. The
+ * connection remembers its last success: an exact byte comparison with the
+ * secret that was hashed then, under the same config generation. */
+static const struct cfg_key *authenticate(struct client *c, const struct config *cfg,
+					  const char *secret, uint32_t len)
+{
+	if (c->auth_key && c->auth_generation == cfg->generation && c->auth_len == len &&
+	    !memcmp(c->auth_secret, secret, len))
+		return c->auth_key;
+	unsigned char digest[32];
+	if (mbedtls_sha256_ret((const unsigned char *)secret, len, digest, 0))
+		return NULL;
+	const struct cfg_key *key = config_find_key(cfg, digest);
+	c->auth_key = NULL;
+	if (key && len <= CLIENT_AUTH_CACHE) {
+		memcpy(c->auth_secret, secret, len);
+		c->auth_len = (uint8_t)len;
+		c->auth_generation = cfg->generation;
+		c->auth_key = key;
+	}
+	return key;
+}
+
 static bool key_allows(const struct cfg_key *k, const struct cfg_model *m)
 {
 	if (!k->n_models)
@@ -138,10 +161,7 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 
 	uint32_t len;
 	const char *secret = agent_secret(&ex->req.head, &len);
-	unsigned char digest[32];
-	if (!secret || len == 0 ||
-	    mbedtls_sha256_ret((const unsigned char *)secret, len, digest, 0) ||
-	    !(ex->key = config_find_key(cfg, digest))) {
+	if (!secret || len == 0 || !(ex->key = authenticate(ex->client, cfg, secret, len))) {
 		reply_problem(ex, 401, "invalid_key", secret ? "unknown API key" :
 			      "send the key as Authorization: Bearer or x-api-key");
 		return false;
@@ -224,39 +244,75 @@ void decide_settle(struct exchange *ex)
 	budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd);
 }
 
+/* Appends to a bounded buffer; `ok` turns false on overflow. */
+struct hdr_out {
+	char *p;
+	size_t len, cap;
+	bool ok;
+};
+
+static void put(struct hdr_out *o, const char *s, size_t n)
+{
+	if (!o->ok || o->len + n > o->cap) {
+		o->ok = false;
+		return;
+	}
+	memcpy(o->p + o->len, s, n);
+	o->len += n;
+}
+
+static void put_str(struct hdr_out *o, const char *s)
+{
+	put(o, s, strlen(s));
+}
+
+static void put_id(struct hdr_out *o, char prefix, uint64_t id)
+{
+	static const char hex[] = "0123456789abcdef";
+	char b[14];
+	b[0] = prefix;
+	b[1] = '-';
+	for (int i = 0; i < 12; i++)
+		b[13 - i] = hex[(id >> (4 * i)) & 15];
+	put(o, b, sizeof(b));
+}
+
 size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 {
 	const struct config *cfg = ex->cfg;
 	if (!cfg->n_keys)
 		return 0;
-	bool blocked = !ex->allowed;
-	size_t n = (size_t)snprintf(out, cap,
-		"X-Budget-Decision: %s\r\nX-Budget-Decision-Id: d-%012llx\r\n"
-		"X-Budget-Enforcement-Mode: hard_gate\r\nX-Budget-Price-Table-Version: %s\r\n",
-		blocked ? "block" : "allow", (unsigned long long)ex->decision_id,
-		cfg->prices_version);
-	if (n < cap && ex->allowed)
-		n += (size_t)snprintf(out + n, cap - n, "X-Budget-Reservation-Id: r-%012llx\r\n",
-				      (unsigned long long)ex->decision_id);
+	struct hdr_out o = { out, 0, cap, true };
+	put_str(&o, ex->allowed ? "X-Budget-Decision: allow\r\nX-Budget-Decision-Id: " :
+			"X-Budget-Decision: block\r\nX-Budget-Decision-Id: ");
+	put_id(&o, 'd', ex->decision_id);
+	if (ex->allowed) {
+		put_str(&o, "\r\nX-Budget-Reservation-Id: ");
+		put_id(&o, 'r', ex->decision_id);
+	}
+	put_str(&o, "\r\nX-Budget-Enforcement-Mode: hard_gate\r\nX-Budget-Price-Table-Version: ");
+	put_str(&o, cfg->prices_version);
+	put_str(&o, "\r\n");
 	/* the tightest scope: least money left */
 	int64_t least = INT64_MAX;
-	int tightest = -1;
 	for (int i = 0; i < ex->n_scopes; i++) {
 		struct budget_totals t;
 		budget_totals(ex->scopes[i], &t);
-		if (t.limit - t.committed - t.reserved < least) {
+		if (t.limit - t.committed - t.reserved < least)
 			least = t.limit - t.committed - t.reserved;
-			tightest = i;
-		}
 	}
-	if (n < cap && tightest >= 0) {
+	if (ex->n_scopes) {
 		char remaining[32];
-		money(least, remaining);
-		n += (size_t)snprintf(out + n, cap - n, "X-Budget-Remaining-USD: %s\r\n", remaining);
+		put_str(&o, "X-Budget-Remaining-USD: ");
+		put(&o, remaining, money_format(least, remaining, sizeof(remaining)));
+		put_str(&o, "\r\n");
 	}
-	if (n < cap && ex->blocking_scope >= 0)
-		n += (size_t)snprintf(out + n, cap - n, "X-Budget-Blocking-Scope: %s:%s\r\n",
-				      ex->scope_kind[ex->blocking_scope],
-				      ex->scope_name[ex->blocking_scope]);
-	return n < cap ? n : 0;
+	if (ex->blocking_scope >= 0) {
+		put_str(&o, "X-Budget-Blocking-Scope: ");
+		put_str(&o, ex->scope_kind[ex->blocking_scope]);
+		put_str(&o, ":");
+		put_str(&o, ex->scope_name[ex->blocking_scope]);
+		put_str(&o, "\r\n");
+	}
+	return o.ok ? o.len : 0;
 }

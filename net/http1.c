@@ -134,7 +134,14 @@ void http1_init(struct http_msg *m, enum http_parser_type type, char *buf,
 		uint32_t cap, http_body_fn body_fn, void *owner)
 {
 	http_parser_init(&m->parser, type);
-	m->head = (struct http_head){ .buf = buf, .cap = cap };
+	/* Field slots are not cleared: n_fields says how many are valid. */
+	m->head.buf = buf;
+	m->head.len = 0;
+	m->head.cap = cap;
+	m->head.url = (struct http_span){ 0, 0 };
+	m->head.n_fields = 0;
+	m->head.part = PART_NONE;
+	m->head.too_large = false;
 	m->on_body = body_fn;
 	m->owner = owner;
 	m->event = HTTP_NEED_MORE;

@@ -63,7 +63,7 @@ struct exchange *exchange_get(struct shard *s)
 		s->n_exchanges++;
 	}
 	char *mem = (char *)(ex + 1);
-	memset(ex, 0, sizeof(*ex));
+	memset(ex, 0, offsetof(struct exchange, req));
 	ex->head_cap = head_cap;
 	char *req_head = mem;
 	ex->out = req_head + head_cap;
