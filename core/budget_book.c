@@ -4,6 +4,8 @@
  */
 #include "core/budget_book.h"
 
+#include "core/runs.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,16 +19,25 @@ struct book_entry {
 	struct book_entry *next;
 };
 
+#define BOOK_MAX_RUNS 65536
+
 struct budget_book {
 	uint32_t n_shards;
 	struct book_entry *entries;
+	struct run_table *runs;
 };
 
 struct budget_book *budget_book_new(uint32_t n_shards)
 {
 	struct budget_book *b = calloc(1, sizeof(*b));
-	if (b)
-		b->n_shards = n_shards;
+	if (!b)
+		return NULL;
+	b->n_shards = n_shards;
+	b->runs = runs_new(BOOK_MAX_RUNS, n_shards);
+	if (!b->runs) {
+		free(b);
+		return NULL;
+	}
 	return b;
 }
 
@@ -34,6 +45,7 @@ void budget_book_free(struct budget_book *b)
 {
 	if (!b)
 		return;
+	runs_free(b->runs);
 	for (struct book_entry *e = b->entries, *next; e; e = next) {
 		next = e->next;
 		budget_scope_free(e->scope);
@@ -81,6 +93,7 @@ static int bind_budget(struct budget_book *b, enum scope_kind kind, const char *
 int budget_book_bind(struct budget_book *b, struct config *cfg)
 {
 	int rc = 0;
+	cfg->runs = b->runs;
 	for (uint32_t i = 0; i < cfg->n_orgs && !rc; i++)
 		rc = bind_budget(b, KIND_ORG, cfg->orgs[i].name, &cfg->orgs[i].budget);
 	for (uint32_t i = 0; i < cfg->n_teams && !rc; i++)

@@ -17,6 +17,7 @@
 
 struct arena;
 struct budget_scope;
+struct run_table;
 
 /* A socket address parsed from "host:port" or "[v6]:port". */
 struct cfg_addr {
@@ -173,6 +174,7 @@ struct config {
 	uint32_t n_orgs, n_teams, n_users;
 	struct cfg_key *keys;
 	uint32_t n_keys;
+	struct run_table *runs;      /* live runs, shared by generations (budget_book) */
 	uint32_t *key_index;         /* open-addressing hash of secret_sha256 */
 	uint32_t key_index_mask;
 	uint64_t generation;         /* 1, 2, ... per reload */

@@ -16,6 +16,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -102,6 +103,8 @@ int shard_init(struct shard *s, int id, int cpu, struct config *cfg)
 		return -ENOMEM;
 	s->holds->cfg = cfg;
 	s->now_ms = monotonic_ms();
+	if (getrandom(&s->run_prefix, sizeof(s->run_prefix), 0) != sizeof(s->run_prefix))
+		s->run_prefix = (uint32_t)s->now_ms ^ (uint32_t)id << 24;
 	s->wake_fd = eventfd(0, EFD_CLOEXEC);
 	if (s->wake_fd < 0)
 		return -errno;

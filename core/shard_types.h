@@ -79,6 +79,8 @@ struct shard {
 	bool draining;
 	uint64_t drain_deadline_ms;
 	uint64_t decisions;              /* decision ids issued by this shard */
+	uint64_t runs_issued;            /* server-issued run ids */
+	uint32_t run_prefix;             /* random, so issued ids differ across restarts */
 	int wake_fd;                     /* eventfd: the main thread's doorbell */
 	uint64_t wake_value;
 	struct shard_stats stats;

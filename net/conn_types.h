@@ -22,6 +22,7 @@ struct shard;
 struct exchange;
 struct cfg_hold;
 struct budget_scope;
+struct run;
 
 enum timer_kind {
 	TIMER_CLIENT_HEADER = 1,  /* first byte of a request -> end of its head */
@@ -126,7 +127,7 @@ enum exchange_state {
  *   body       the request body: inline up to EX_INLINE_BODY, else heap
  */
 #define EX_INLINE_BODY 16384
-#define EX_MAX_SCOPES 4       /* key, user, team, org */
+#define EX_MAX_SCOPES 5       /* run, key, user, team, org */
 #define EX_USAGE_TAIL 2048    /* usage sits at the end of a reply body */
 #define EX_RESP_HEAD 16384
 
@@ -148,8 +149,9 @@ struct exchange {
 	uint64_t resp_bytes;      /* reply bytes received from upstream */
 	/* the budget decision (net/decide.c); n_scopes == 0: not budgeted */
 	const struct cfg_key *key;
+	struct run *run;
 	struct budget_scope *scopes[EX_MAX_SCOPES];
-	const char *scope_kind[EX_MAX_SCOPES];    /* "key", "user", "team", "org" */
+	const char *scope_kind[EX_MAX_SCOPES];    /* "run", "key", "user", "team", "org" */
 	const char *scope_name[EX_MAX_SCOPES];
 	uint8_t n_scopes;
 	int8_t blocking_scope;    /* index of the scope that refused, or -1 */

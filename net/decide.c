@@ -3,10 +3,11 @@
  * after (SPEC §3–§4).
  *
  * With `keys` configured every agent call must present a key (Bearer or
- * x-api-key), stored only as its SHA-256. The call's worst case — input
- * bounded from the body, output at effective_max_output_tokens — is
- * reserved on every budgeted scope of the key (key, user, team, org) or on
- * none (core/budget.c), and refused with a problem naming the scope that
+ * x-api-key), stored only as its SHA-256, and belongs to a run (X-Run-Id,
+ * bound to the key that opened it; issued when absent). The call's worst
+ * case — input bounded from the body, output at effective_max_output_tokens
+ * — is reserved on the run and on every budgeted scope of the key (key,
+ * user, team, org) or on none (core/budget.c), and refused with a problem naming the scope that
  * could not cover it. Nothing here fails open: an unpriced model, a
  * missing cap or an unreadable max_tokens is a refusal, never a free call.
  *
@@ -27,6 +28,7 @@
 #include "core/budget.h"
 #include "core/config.h"
 #include "core/pricing.h"
+#include "core/runs.h"
 #include "core/shard.h"
 #include "core/usage.h"
 #include "net/http1.h"
@@ -107,10 +109,62 @@ static void add_scope(struct exchange *ex, const struct cfg_budget *b, const cha
 	ex->n_scopes++;
 }
 
+/*
+ * The run this call belongs to: X-Run-Id, or a new server-issued one.
+ * A new run's limit is X-Budget-Run-Limit clamped to the key's
+ * run.max_limit, else run.default_limit. Answers itself and returns false
+ * on a bad id or limit, a run bound to another key, or a full table.
+ */
+static bool open_run(struct exchange *ex)
+{
+	struct shard *s = ex->client->shard;
+	const struct cfg_key *k = ex->key;
+	const struct http_head *h = &ex->req.head;
+	uint32_t len;
+	const char *id = http1_field(h, "x-run-id", &len);
+	char issued[32];
+	if (!id) {
+		len = (uint32_t)snprintf(issued, sizeof(issued), "run-%08x%012llx", s->run_prefix,
+					 (unsigned long long)(++s->runs_issued << 8 | (uint64_t)s->id));
+		id = issued;
+	} else if (!runs_valid_id(id, len)) {
+		reply_problem(ex, 400, "invalid_request",
+			      "X-Run-Id: 1 to 64 characters of A-Z a-z 0-9 . _ : -");
+		return false;
+	}
+	int64_t limit = k->run.default_limit;
+	uint32_t llen;
+	const char *want = http1_field(h, "x-budget-run-limit", &llen);
+	if (want) {
+		if (money_parse(want, llen, &limit)) {
+			reply_problem(ex, 400, "invalid_request",
+				      "X-Budget-Run-Limit: a USD amount exact to the micro-dollar");
+			return false;
+		}
+		if (limit > k->run.max_limit)
+			limit = k->run.max_limit;
+	}
+	bool created;
+	ex->run = runs_open(ex->cfg->runs, id, len, k->id, limit, &created);
+	if (!ex->run) {
+		reply_problem(ex, 503, "too_many_runs", "the run table is full");
+		return false;
+	}
+	if (!created && strcmp(ex->run->key_id, k->id)) {
+		reply_problem(ex, 403, "run_bound_to_other_key", "this run belongs to another key");
+		return false;
+	}
+	return true;
+}
+
 static void collect_scopes(struct exchange *ex)
 {
 	const struct config *cfg = ex->cfg;
 	const struct cfg_key *k = ex->key;
+	ex->scopes[0] = ex->run->scope;
+	ex->scope_kind[0] = "run";
+	ex->scope_name[0] = ex->run->id;
+	ex->n_scopes = 1;
 	add_scope(ex, &k->budget, "key", k->id);
 	if (k->user >= 0)
 		add_scope(ex, &cfg->users[k->user].budget, "user", cfg->users[k->user].name);
@@ -141,10 +195,10 @@ static void refuse_budget(struct exchange *ex, int scope)
 	snprintf(detail, sizeof(detail), "the call's worst case ($%s) does not fit the %s budget",
 		 estimate, ex->scope_kind[scope]);
 	snprintf(extra, sizeof(extra),
-		 ",\"budget\":{\"scope\":\"%s:%s\",\"run_id\":null,\"limit_usd\":\"%s\","
+		 ",\"budget\":{\"scope\":\"%s:%s\",\"run_id\":\"%s\",\"limit_usd\":\"%s\","
 		 "\"committed_usd\":\"%s\",\"reserved_usd\":\"%s\",\"remaining_usd\":\"%s\","
 		 "\"estimate_usd\":\"%s\",\"effective_max_output_tokens\":%u},\"alternatives\":[]",
-		 ex->scope_kind[scope], ex->scope_name[scope], limit, committed, reserved,
+		 ex->scope_kind[scope], ex->scope_name[scope], ex->run->id, limit, committed, reserved,
 		 remaining, estimate, ex->max_output_tokens);
 	ex->blocking_scope = (int8_t)scope;
 	reply_problem_ext(ex, 402, code, detail, extra);
@@ -193,6 +247,8 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	struct estimate e;
 	pricing_estimate(ex->model, ex->body_len, ex->max_output_tokens, &e);
 	ex->estimate_usd = e.usd;
+	if (!open_run(ex))
+		return false;
 	collect_scopes(ex);
 	int refused = budget_reserve(ex->scopes, ex->n_scopes, (uint32_t)s->id, e.usd);
 	if (refused >= 0) {
@@ -283,6 +339,11 @@ size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 	if (!cfg->n_keys)
 		return 0;
 	struct hdr_out o = { out, 0, cap, true };
+	if (ex->run) {
+		put_str(&o, "X-Run-Id: ");
+		put(&o, ex->run->id, ex->run->id_len);
+		put_str(&o, "\r\n");
+	}
 	put_str(&o, ex->allowed ? "X-Budget-Decision: allow\r\nX-Budget-Decision-Id: " :
 			"X-Budget-Decision: block\r\nX-Budget-Decision-Id: ");
 	put_id(&o, 'd', ex->decision_id);
