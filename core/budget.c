@@ -31,15 +31,24 @@ struct budget_scope *budget_scope_new(int64_t limit, uint32_t n_shards)
 {
 	if (n_shards == 0 || n_shards > BUDGET_MAX_SHARDS)
 		return NULL;
-	struct budget_scope *s = aligned_alloc(CACHELINE,
-		(sizeof(*s) + sizeof(struct budget_local) * n_shards + CACHELINE - 1) &
-		~(size_t)(CACHELINE - 1));
-	if (!s)
-		return NULL;
-	memset(s, 0, sizeof(*s) + sizeof(struct budget_local) * n_shards);
+	void *mem = aligned_alloc(CACHELINE, (BUDGET_SCOPE_SIZE(n_shards) + CACHELINE - 1) &
+				  ~(size_t)(CACHELINE - 1));
+	return mem ? budget_scope_init(mem, limit, n_shards) : NULL;
+}
+
+struct budget_scope *budget_scope_init(void *mem, int64_t limit, uint32_t n_shards)
+{
+	struct budget_scope *s = mem;
+	memset(s, 0, BUDGET_SCOPE_SIZE(n_shards));
 	st(&s->global.limit, limit);
 	s->n_shards = n_shards;
 	return s;
+}
+
+/* The slot of `shard` in s (a one-slot scope belongs to one shard). */
+static inline struct budget_local *slot(struct budget_scope *s, uint32_t shard)
+{
+	return &s->local[s->n_shards == 1 ? 0 : shard];
 }
 
 void budget_scope_free(struct budget_scope *s)
@@ -75,7 +84,7 @@ static bool take_lease(struct budget_scope *s, struct budget_local *l, int64_t n
 
 static bool reserve_one(struct budget_scope *s, uint32_t shard, int64_t amount)
 {
-	struct budget_local *l = &s->local[shard];
+	struct budget_local *l = slot(s, shard);
 	int64_t lease = ld(&l->lease);
 	if (lease < amount && !take_lease(s, l, amount - lease)) {
 		/* At the edge: what we hold cannot serve this call; it may
@@ -118,7 +127,7 @@ void budget_commit(struct budget_scope *const *scopes, int n, uint32_t shard,
 {
 	for (int i = 0; i < n; i++) {
 		struct budget_scope *s = scopes[i];
-		struct budget_local *l = &s->local[shard];
+		struct budget_local *l = slot(s, shard);
 		st(&l->reserved, ld(&l->reserved) - reserved);
 		st(&l->committed, ld(&l->committed) + actual);
 		int64_t refund = reserved - actual;
@@ -142,7 +151,7 @@ void budget_release(struct budget_scope *const *scopes, int n, uint32_t shard,
 		    int64_t reserved)
 {
 	for (int i = 0; i < n; i++) {
-		struct budget_local *l = &scopes[i]->local[shard];
+		struct budget_local *l = slot(scopes[i], shard);
 		st(&l->reserved, ld(&l->reserved) - reserved);
 		st(&l->lease, ld(&l->lease) + reserved);
 		return_if_edge(scopes[i], l);
@@ -151,7 +160,7 @@ void budget_release(struct budget_scope *const *scopes, int n, uint32_t shard,
 
 void budget_return_lease(struct budget_scope *s, uint32_t shard)
 {
-	struct budget_local *l = &s->local[shard];
+	struct budget_local *l = slot(s, shard);
 	int64_t lease = ld(&l->lease);
 	if (lease) {
 		st(&l->lease, 0);

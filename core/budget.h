@@ -12,6 +12,11 @@
 #include "core/budget_types.h"
 
 struct budget_scope *budget_scope_new(int64_t limit, uint32_t n_shards);
+/* Bytes for a scope with n slots, and setting one up in caller's memory
+ * (CACHELINE-aligned). A scope with one slot is private to one shard,
+ * whichever shard index is passed to it. */
+#define BUDGET_SCOPE_SIZE(n) (sizeof(struct budget_scope) + sizeof(struct budget_local) * (n))
+struct budget_scope *budget_scope_init(void *mem, int64_t limit, uint32_t n_shards);
 void budget_scope_free(struct budget_scope *s);
 /* A reload changed the limit. Lowering it below what is used refuses new
  * reservations until spend falls under it; nothing already reserved is lost. */

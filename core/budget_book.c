@@ -15,7 +15,8 @@ enum scope_kind { KIND_ORG, KIND_TEAM, KIND_USER, KIND_KEY };
 struct book_entry {
 	enum scope_kind kind;
 	char *name;
-	struct budget_scope *scope;
+	struct budget_scope *scope;     /* NULL for a key without a budget */
+	_Atomic uint32_t runs_opened;   /* keys: runs in the run table */
 	struct book_entry *next;
 };
 
@@ -55,39 +56,40 @@ void budget_book_free(struct budget_book *b)
 	free(b);
 }
 
-static struct budget_scope *scope_for(struct budget_book *b, enum scope_kind kind,
-				      const char *name, int64_t limit)
+/* The entry for (kind, name), created on first use; NULL on no memory. */
+static struct book_entry *entry_for(struct budget_book *b, enum scope_kind kind,
+				    const char *name)
 {
-	for (struct book_entry *e = b->entries; e; e = e->next) {
-		if (e->kind == kind && !strcmp(e->name, name)) {
-			budget_set_limit(e->scope, limit);
-			return e->scope;
-		}
-	}
+	for (struct book_entry *e = b->entries; e; e = e->next)
+		if (e->kind == kind && !strcmp(e->name, name))
+			return e;
 	struct book_entry *e = calloc(1, sizeof(*e));
-	if (!e)
-		return NULL;
-	e->name = strdup(name);
-	e->scope = budget_scope_new(limit, b->n_shards);
-	if (!e->name || !e->scope) {
-		free(e->name);
-		budget_scope_free(e->scope);
+	if (!e || !(e->name = strdup(name))) {
 		free(e);
 		return NULL;
 	}
 	e->kind = kind;
 	e->next = b->entries;
 	b->entries = e;
-	return e->scope;
+	return e;
 }
 
 static int bind_budget(struct budget_book *b, enum scope_kind kind, const char *name,
 		       struct cfg_budget *budget)
 {
+	struct book_entry *e = entry_for(b, kind, name);
+	if (!e)
+		return -ENOMEM;
+	if (kind == KIND_KEY)
+		budget->scope = NULL;
 	if (!budget->present)
 		return 0;
-	budget->scope = scope_for(b, kind, name, budget->limit);
-	return budget->scope ? 0 : -ENOMEM;
+	if (e->scope)
+		budget_set_limit(e->scope, budget->limit);
+	else if (!(e->scope = budget_scope_new(budget->limit, b->n_shards)))
+		return -ENOMEM;
+	budget->scope = e->scope;
+	return 0;
 }
 
 int budget_book_bind(struct budget_book *b, struct config *cfg)
@@ -100,7 +102,10 @@ int budget_book_bind(struct budget_book *b, struct config *cfg)
 		rc = bind_budget(b, KIND_TEAM, cfg->teams[i].name, &cfg->teams[i].budget);
 	for (uint32_t i = 0; i < cfg->n_users && !rc; i++)
 		rc = bind_budget(b, KIND_USER, cfg->users[i].name, &cfg->users[i].budget);
-	for (uint32_t i = 0; i < cfg->n_keys && !rc; i++)
+	for (uint32_t i = 0; i < cfg->n_keys && !rc; i++) {
 		rc = bind_budget(b, KIND_KEY, cfg->keys[i].id, &cfg->keys[i].budget);
+		if (!rc)
+			cfg->keys[i].runs_opened = &entry_for(b, KIND_KEY, cfg->keys[i].id)->runs_opened;
+	}
 	return rc;
 }

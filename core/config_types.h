@@ -138,6 +138,7 @@ struct cfg_key {
 	uint32_t rpm, tpm;           /* 0: unlimited */
 	uint8_t mode;                /* enum budget_mode for run budgets */
 	int line;
+	_Atomic uint32_t *runs_opened; /* runs this key has opened (budget_book) */
 };
 
 /* Limits on everything a client controls, and the client-side timeouts. */

@@ -65,6 +65,19 @@ static bool same_id(const struct run *r, const char *id, size_t len)
 	return r->id_len == len && !memcmp(r->id, id, len);
 }
 
+struct run *runs_find(struct run_table *t, const char *id, size_t len)
+{
+	uint32_t s = (uint32_t)XXH3_64bits(id, len) & t->mask;
+	for (uint32_t probes = 0; probes <= t->mask; probes++, s = (s + 1) & t->mask) {
+		struct run *r = atomic_load_explicit(&t->slots[s], memory_order_acquire);
+		if (!r)
+			return NULL;
+		if (same_id(r, id, len))
+			return r;
+	}
+	return NULL;
+}
+
 struct run *runs_open(struct run_table *t, const char *id, size_t len,
 		      const char *key_id, int64_t limit, bool *created)
 {

@@ -34,6 +34,9 @@ void runs_free(struct run_table *t);
 /* True when id[0..len) is a usable run id: 1..64 of [A-Za-z0-9._:-]. */
 bool runs_valid_id(const char *id, size_t len);
 
+/* The run named id, or NULL. */
+struct run *runs_find(struct run_table *t, const char *id, size_t len);
+
 /*
  * The run named id, opened with `limit` for key_id if it does not exist.
  * *created says which. NULL: the table is full or out of memory.

@@ -14,7 +14,9 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "core/budget.h"
 #include "core/config_types.h"
+#include "core/runs.h"
 #include "core/timer.h"
 #include "net/http1_types.h"
 
@@ -178,6 +180,10 @@ struct exchange {
 	struct http_msg req;
 	struct http_msg resp;
 	char tail[EX_USAGE_TAIL];
+	/* a run issued for this call alone (no X-Run-Id): its budget scope
+	 * has one slot, private to this shard */
+	struct run own_run;
+	_Alignas(CACHELINE) unsigned char own_run_scope[BUDGET_SCOPE_SIZE(1)];
 };
 
 #endif

@@ -110,28 +110,19 @@ static void add_scope(struct exchange *ex, const struct cfg_budget *b, const cha
 }
 
 /*
- * The run this call belongs to: X-Run-Id, or a new server-issued one.
- * A new run's limit is X-Budget-Run-Limit clamped to the key's
- * run.max_limit, else run.default_limit. Answers itself and returns false
- * on a bad id or limit, a run bound to another key, or a full table.
+ * The run this call belongs to. With X-Run-Id: that run, opened on first
+ * use with X-Budget-Run-Limit clamped to the key's run.max_limit (else
+ * run.default_limit) and bound to this key; a key may open at most
+ * run.max_live_runs of them (429). Without: a run is issued for this call
+ * alone and its id returned; it is not kept, because runs are not yet
+ * expired and reclaimed (TTL lands with the ledger) and an id issued per
+ * call would fill the table. Answers itself and returns false on refusal.
  */
 static bool open_run(struct exchange *ex)
 {
 	struct shard *s = ex->client->shard;
 	const struct cfg_key *k = ex->key;
 	const struct http_head *h = &ex->req.head;
-	uint32_t len;
-	const char *id = http1_field(h, "x-run-id", &len);
-	char issued[32];
-	if (!id) {
-		len = (uint32_t)snprintf(issued, sizeof(issued), "run-%08x%012llx", s->run_prefix,
-					 (unsigned long long)(++s->runs_issued << 8 | (uint64_t)s->id));
-		id = issued;
-	} else if (!runs_valid_id(id, len)) {
-		reply_problem(ex, 400, "invalid_request",
-			      "X-Run-Id: 1 to 64 characters of A-Z a-z 0-9 . _ : -");
-		return false;
-	}
 	int64_t limit = k->run.default_limit;
 	uint32_t llen;
 	const char *want = http1_field(h, "x-budget-run-limit", &llen);
@@ -144,13 +135,39 @@ static bool open_run(struct exchange *ex)
 		if (limit > k->run.max_limit)
 			limit = k->run.max_limit;
 	}
-	bool created;
-	ex->run = runs_open(ex->cfg->runs, id, len, k->id, limit, &created);
-	if (!ex->run) {
-		reply_problem(ex, 503, "too_many_runs", "the run table is full");
+	uint32_t len;
+	const char *id = http1_field(h, "x-run-id", &len);
+	if (!id) {
+		struct run *r = &ex->own_run;
+		r->id_len = (uint8_t)snprintf(r->id, sizeof(r->id), "run-%08x%012llx", s->run_prefix,
+					      (unsigned long long)(++s->runs_issued << 8 | (uint64_t)s->id));
+		r->limit = limit;
+		r->scope = budget_scope_init(ex->own_run_scope, limit, 1);
+		ex->run = r;
+		return true;
+	}
+	if (!runs_valid_id(id, len)) {
+		reply_problem(ex, 400, "invalid_request",
+			      "X-Run-Id: 1 to 64 characters of A-Z a-z 0-9 . _ : -");
 		return false;
 	}
-	if (!created && strcmp(ex->run->key_id, k->id)) {
+	bool created;
+	ex->run = runs_find(ex->cfg->runs, id, len);
+	if (!ex->run) {
+		if (atomic_fetch_add(k->runs_opened, 1) >= k->run.max_live_runs) {
+			atomic_fetch_sub(k->runs_opened, 1);
+			reply_problem(ex, 429, "too_many_runs", "this key has opened run.max_live_runs runs");
+			return false;
+		}
+		ex->run = runs_open(ex->cfg->runs, id, len, k->id, limit, &created);
+		if (!created)
+			atomic_fetch_sub(k->runs_opened, 1);   /* another shard opened it first */
+		if (!ex->run) {
+			reply_problem(ex, 503, "too_many_runs", "the run table is full");
+			return false;
+		}
+	}
+	if (strcmp(ex->run->key_id, k->id)) {
 		reply_problem(ex, 403, "run_bound_to_other_key", "this run belongs to another key");
 		return false;
 	}
