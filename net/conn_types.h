@@ -156,7 +156,7 @@ struct exchange {
 	const char *scope_kind[EX_MAX_SCOPES];    /* "run", "key", "user", "team", "org" */
 	const char *scope_name[EX_MAX_SCOPES];
 	uint8_t n_scopes;
-	int8_t blocking_scope;    /* index of the scope that refused, or -1 */
+	uint8_t blocked_by;       /* 1 + index of the scope that refused; 0: none */
 	bool allowed;             /* authenticated and reserved */
 	bool settled;             /* the reservation was committed or released */
 	int64_t reserved_usd;     /* 0: nothing reserved */

@@ -217,7 +217,7 @@ static void refuse_budget(struct exchange *ex, int scope)
 		 "\"estimate_usd\":\"%s\",\"effective_max_output_tokens\":%u},\"alternatives\":[]",
 		 ex->scope_kind[scope], ex->scope_name[scope], ex->run->id, limit, committed, reserved,
 		 remaining, estimate, ex->max_output_tokens);
-	ex->blocking_scope = (int8_t)scope;
+	ex->blocked_by = (uint8_t)(scope + 1);
 	reply_problem_ext(ex, 402, code, detail, extra);
 }
 
@@ -225,7 +225,6 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 {
 	const struct config *cfg = ex->cfg;
 	struct shard *s = ex->client->shard;
-	ex->blocking_scope = -1;
 	if (!cfg->n_keys)
 		return true;     /* relay-only configuration (warned at start) */
 	ex->decision_id = (uint64_t)s->id << 48 | ++s->decisions;
@@ -385,11 +384,11 @@ size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 		put(&o, remaining, money_format(least, remaining, sizeof(remaining)));
 		put_str(&o, "\r\n");
 	}
-	if (ex->blocking_scope >= 0) {
+	if (ex->blocked_by) {
 		put_str(&o, "X-Budget-Blocking-Scope: ");
-		put_str(&o, ex->scope_kind[ex->blocking_scope]);
+		put_str(&o, ex->scope_kind[ex->blocked_by - 1]);
 		put_str(&o, ":");
-		put_str(&o, ex->scope_name[ex->blocking_scope]);
+		put_str(&o, ex->scope_name[ex->blocked_by - 1]);
 		put_str(&o, "\r\n");
 	}
 	return o.ok ? o.len : 0;
