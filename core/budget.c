@@ -85,6 +85,13 @@ static bool take_lease(struct budget_scope *s, struct budget_local *l, int64_t n
 static bool reserve_one(struct budget_scope *s, uint32_t shard, int64_t amount)
 {
 	struct budget_local *l = slot(s, shard);
+	/* A lease was taken under the limit of its day. Once more has left the
+	 * pool than the limit allows (a reload lowered it, or a provider
+	 * billed past its reservation), leases are no longer covered: give
+	 * ours back and ask the pool, which then refuses. Two relaxed loads of
+	 * the global line, which only lease traffic writes. */
+	if (ld(&s->global.limit) < atomic_load_explicit(&s->global.used, memory_order_relaxed))
+		budget_return_lease(s, shard);
 	int64_t lease = ld(&l->lease);
 	if (lease < amount && !take_lease(s, l, amount - lease)) {
 		/* At the edge: what we hold cannot serve this call; it may

@@ -62,30 +62,34 @@ static bool counter(const char *obj, size_t len, const char *name, uint64_t *out
 bool usage_parse(const char *buf, size_t len, struct usage *out)
 {
 	*out = (struct usage){ 0 };
-	/* The last "usage" key: providers put it at the end, so search back. */
-	const char *key = NULL;
-	for (size_t i = len; i >= 7 && !key; i--)
-		if (buf[i - 1] == '"' && !memcmp(buf + i - 7, "\"usage\"", 7))
-			key = buf + i - 7;
-	if (!key)
-		return false;
-	const char *brace = memchr(key, '{', (size_t)(buf + len - key));
-	if (!brace)
-		return false;
-	size_t start = (size_t)(brace - buf);
-	size_t end = object_end(buf, len, start);
-	const char *obj = buf + start;
-	size_t olen = end - start;
-	uint64_t cache_reads = 0;
-	bool in = counter(obj, olen, "prompt_tokens", &out->input_tokens) ||
-		  counter(obj, olen, "input_tokens", &out->input_tokens);
-	bool outp = counter(obj, olen, "completion_tokens", &out->output_tokens) ||
-		    counter(obj, olen, "output_tokens", &out->output_tokens);
-	if (!counter(obj, olen, "cached_tokens", &out->cached_tokens) &&
-	    counter(obj, olen, "cache_read_input_tokens", &cache_reads)) {
-		/* Anthropic reports cache reads beside input_tokens, not inside */
-		out->cached_tokens = cache_reads;
-		out->input_tokens += cache_reads;
+	/* Every "usage": {...} in order; the last one that has a counter sets
+	 * it. OpenAI and non-streamed Anthropic replies have one; an Anthropic
+	 * stream reports input in message_start and output in message_delta. */
+	for (const char *p = buf; (p = memmem(p, (size_t)(buf + len - p), "\"usage\"", 7)); p += 7) {
+		const char *q = p + 7, *end = buf + len;
+		while (q < end && (*q == ' ' || *q == ':' || *q == '\t' || *q == '\n' || *q == '\r'))
+			q++;
+		if (q == end || *q != '{')
+			continue;     /* "usage": null, or the word inside a string */
+		size_t start = (size_t)(q - buf);
+		const char *obj = q;
+		size_t olen = object_end(buf, len, start) - start;
+		uint64_t v, cache_reads = 0;
+		if (counter(obj, olen, "prompt_tokens", &v) || counter(obj, olen, "input_tokens", &v)) {
+			out->has_input = true;
+			out->input_tokens = v;
+			out->cached_tokens = 0;
+			if (!counter(obj, olen, "cached_tokens", &out->cached_tokens) &&
+			    counter(obj, olen, "cache_read_input_tokens", &cache_reads)) {
+				/* Anthropic reports cache reads beside input_tokens, not inside */
+				out->cached_tokens = cache_reads;
+				out->input_tokens += cache_reads;
+			}
+		}
+		if (counter(obj, olen, "completion_tokens", &v) || counter(obj, olen, "output_tokens", &v)) {
+			out->has_output = true;
+			out->output_tokens = v;
+		}
 	}
-	return in || outp;
+	return out->has_input || out->has_output;
 }

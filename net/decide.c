@@ -12,11 +12,13 @@
  * missing cap or an unreadable max_tokens is a refusal, never a free call.
  *
  * When the reply is complete the reservation becomes a spend: the
- * provider's usage priced exactly, or the whole reservation if the reply
- * carried no usage. A partial reply (reset, timeout, agent gone) spends the
- * whole reservation, since tokens were generated; streaming replies are
- * charged the same way until stream metering lands. A call that got no
- * reply byte releases everything.
+ * provider's usage priced exactly (an Anthropic stream's input count comes
+ * from message_start, its output from message_delta; a count missing from
+ * the reply's last 2 KiB is charged at its reserved worst case), or the
+ * whole reservation if the reply carried no usage. A partial reply (reset,
+ * timeout, agent gone) spends the whole reservation, since tokens were
+ * generated; streaming replies are charged the same way until stream
+ * metering lands. A call that got no reply byte releases everything.
  */
 #include "net/decide.h"
 
@@ -83,7 +85,9 @@ static bool read_count(const char *body, struct json_span sp, uint64_t *out)
 {
 	if (!sp.present)
 		return true;
-	if (sp.len == 0 || sp.len > 10)
+	/* a string span starts after its quote: "10" is not a number, and a
+	 * provider that ignores it would not cap the output we reserved for */
+	if (sp.len == 0 || sp.len > 10 || (sp.off > 0 && body[sp.off - 1] == '"'))
 		return false;
 	uint64_t v = 0;
 	for (uint32_t i = 0; i < sp.len; i++) {
@@ -227,7 +231,6 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	struct shard *s = ex->client->shard;
 	if (!cfg->n_keys)
 		return true;     /* relay-only configuration (warned at start) */
-	ex->decision_id = (uint64_t)s->id << 48 | ++s->decisions;
 
 	uint32_t len;
 	const char *secret = agent_secret(&ex->req.head, &len);
@@ -301,17 +304,28 @@ void decide_settle(struct exchange *ex)
 		return;
 	ex->settled = true;
 	uint32_t shard = (uint32_t)ex->client->shard->id;
-	if (ex->resp_bytes == 0) {
+	/* No reply byte, or a 502/504 we wrote ourselves because the
+	 * provider's reply was unusable: SPEC §3 releases the reservation. */
+	if (ex->resp_bytes == 0 || ex->state == EX_LOCAL) {
 		budget_release(ex->scopes, ex->n_scopes, shard, ex->reserved_usd);
 		ex->actual_usd = 0;
 		return;
 	}
 	struct usage u;
 	ex->actual_usd = ex->reserved_usd;
-	if (ex->resp_complete && ex->status < 300 && usage_parse(ex->tail, ex->tail_len, &u))
+	if (ex->resp_complete && ex->status < 300 && usage_parse(ex->tail, ex->tail_len, &u)) {
+		/* A count the reply did not carry (an Anthropic stream whose
+		 * message_start left the tail) is charged at what was reserved
+		 * for it, never as zero. */
+		if (!u.has_input) {
+			u.input_tokens = pricing_input_bound(ex->body_len);
+			u.cached_tokens = 0;
+		}
+		if (!u.has_output)
+			u.output_tokens = ex->max_output_tokens;
 		ex->actual_usd = pricing_actual(ex->model, u.input_tokens, u.cached_tokens,
 						u.output_tokens);
-	else if (ex->resp_complete && ex->status >= 400)
+	} else if (ex->resp_complete && ex->status >= 400)
 		ex->actual_usd = 0;   /* the provider refused the call: nothing generated */
 	budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd);
 }
@@ -338,15 +352,20 @@ static void put_str(struct hdr_out *o, const char *s)
 	put(o, s, strlen(s));
 }
 
+/* prefix-<hex>, at least 12 digits (as %012llx): the shard id sits in
+ * bits 48 and up, so ids of different shards never collide. */
 static void put_id(struct hdr_out *o, char prefix, uint64_t id)
 {
 	static const char hex[] = "0123456789abcdef";
-	char b[14];
+	char b[18];
+	int n = 12;
+	while (n < 16 && id >> (4 * n))
+		n++;
 	b[0] = prefix;
 	b[1] = '-';
-	for (int i = 0; i < 12; i++)
-		b[13 - i] = hex[(id >> (4 * i)) & 15];
-	put(o, b, sizeof(b));
+	for (int i = 0; i < n; i++)
+		b[1 + n - i] = hex[(id >> (4 * i)) & 15];
+	put(o, b, (size_t)n + 2);
 }
 
 size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
@@ -360,7 +379,10 @@ size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 		put(&o, ex->run->id, ex->run->id_len);
 		put_str(&o, "\r\n");
 	}
-	put_str(&o, ex->allowed ? "X-Budget-Decision: allow\r\nX-Budget-Decision-Id: " :
+	/* A reply made before any budget decision (the model list) that
+	 * succeeded is an allow too. */
+	bool allow = ex->allowed || (!ex->key && ex->status < 400);
+	put_str(&o, allow ? "X-Budget-Decision: allow\r\nX-Budget-Decision-Id: " :
 			"X-Budget-Decision: block\r\nX-Budget-Decision-Id: ");
 	put_id(&o, 'd', ex->decision_id);
 	if (ex->allowed) {

@@ -77,6 +77,10 @@ struct exchange *exchange_get(struct shard *s)
 	ex->hold = s->holds;
 	ex->hold->users++;
 	ex->cfg = ex->hold->cfg;
+	/* every reply to an agent names its budget decision, even one made
+	 * before the budget was looked at */
+	if (ex->cfg->n_keys)
+		ex->decision_id = (uint64_t)s->id << 48 | ++s->decisions;
 	s->ex_live++;
 	return ex;
 }

@@ -48,6 +48,28 @@ static void test_all_or_none(void)
 	budget_scope_free(b);
 }
 
+/* A lease taken under a higher limit does not outlive a reload that
+ * lowers it: reservations after it see the new limit. */
+static void test_lowered_limit(void)
+{
+	struct budget_scope *s = budget_scope_new(1000000, 2);
+	struct budget_scope *one[] = { s };
+	CHECK(budget_reserve(one, 1, 0, 1000) == -1);      /* shard 0 now holds a lease */
+	budget_commit(one, 1, 0, 1000, 1000);
+	struct budget_totals t;
+	budget_totals(s, &t);
+	CHECK(t.leased > 1000);
+	budget_set_limit(s, 999);                          /* below what was spent */
+	CHECK(budget_reserve(one, 1, 0, 1) == 0);
+	CHECK(budget_reserve(one, 1, 1, 1) == 0);
+	budget_totals(s, &t);
+	CHECK(t.leased == 0 && t.reserved == 0 && t.used == 1000);
+	budget_set_limit(s, 1500);                         /* raised again: 500 left */
+	CHECK(budget_reserve(one, 1, 1, 501) == 0);
+	CHECK(budget_reserve(one, 1, 0, 500) == -1);
+	budget_scope_free(s);
+}
+
 /* ---- two shards racing, one sampler ---- */
 
 #define RUN_LIMIT 1000000      /* $1.00 */
@@ -144,6 +166,7 @@ int main(void)
 {
 	test_edge();
 	test_all_or_none();
+	test_lowered_limit();
 	test_race();
 	return check_report("core/budget");
 }

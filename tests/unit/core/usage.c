@@ -32,5 +32,17 @@ int main(void)
 	CHECK(!parse("\"usage\"", &u));
 	CHECK(!parse("{\"usage\":{\"prompt_tokens\":1234567890123}}", &u));
 	CHECK(parse("{\"usage\":{\"output_tokens\":5", &u) && u.output_tokens == 5);
+	CHECK(!u.has_input && u.has_output);
+	/* an Anthropic stream: input in message_start, output in message_delta */
+	CHECK(parse("data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":"
+		    "25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n"
+		    "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n", &u));
+	CHECK(u.has_input && u.input_tokens == 30 && u.cached_tokens == 5 &&
+	      u.has_output && u.output_tokens == 15);
+	/* "usage": null in OpenAI stream chunks is skipped, not read past */
+	CHECK(parse("data: {\"usage\":null,\"x\":{\"prompt_tokens\":99}}\n\n"
+		    "data: {\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n", &u));
+	CHECK(u.input_tokens == 4 && u.output_tokens == 2);
+	CHECK(!parse("{\"usage\":null,\"x\":{\"prompt_tokens\":99}}", &u));
 	return check_report("core/usage");
 }
