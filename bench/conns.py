@@ -13,7 +13,9 @@ usage: bench/conns.py [--build build] [--conns 10000]
 import argparse, json, os, resource, selectors, socket, subprocess, sys, tempfile, time
 
 BODY = b'{"model":"gpt-4o","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+# The shipped config's demo key: every request is authenticated and budgeted.
 REQ = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+       b"Authorization: Bearer tg-demo-key-change-me\r\n"
        b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
 
 

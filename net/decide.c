@@ -113,6 +113,19 @@ static void add_scope(struct exchange *ex, const struct cfg_budget *b, const cha
 	ex->n_scopes++;
 }
 
+/* Writes "run-" + 8 hex digits of prefix + 12 of n (by hand: per call). */
+static uint8_t issue_run_id(char *out, uint32_t prefix, uint64_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	memcpy(out, "run-", 4);
+	for (int i = 0; i < 8; i++)
+		out[4 + i] = hex[(prefix >> (28 - 4 * i)) & 15];
+	for (int i = 0; i < 12; i++)
+		out[12 + i] = hex[(n >> (44 - 4 * i)) & 15];
+	out[24] = '\0';
+	return 24;
+}
+
 /*
  * The run this call belongs to. With X-Run-Id: that run, opened on first
  * use with X-Budget-Run-Limit clamped to the key's run.max_limit (else
@@ -143,8 +156,7 @@ static bool open_run(struct exchange *ex)
 	const char *id = http1_field(h, "x-run-id", &len);
 	if (!id) {
 		struct run *r = &ex->own_run;
-		r->id_len = (uint8_t)snprintf(r->id, sizeof(r->id), "run-%08x%012llx", s->run_prefix,
-					      (unsigned long long)(++s->runs_issued << 8 | (uint64_t)s->id));
+		r->id_len = issue_run_id(r->id, s->run_prefix, ++s->runs_issued << 8 | (uint64_t)s->id);
 		r->limit = limit;
 		r->scope = budget_scope_init(ex->own_run_scope, limit, 1);
 		ex->run = r;
