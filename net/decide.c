@@ -190,14 +190,25 @@ static bool open_run(struct exchange *ex)
 	return true;
 }
 
-static void collect_scopes(struct exchange *ex)
+/* Sets ex->key from the request's credentials, or answers 401. */
+static bool authenticate_agent(struct exchange *ex)
+{
+	uint32_t len;
+	const char *secret = agent_secret(&ex->req.head, &len);
+	if (!secret || len == 0 || !(ex->key = authenticate(ex->client, ex->cfg, secret, len))) {
+		reply_problem(ex, 401, "invalid_key", secret ? "unknown API key" :
+			      "send the key as Authorization: Bearer or x-api-key");
+		return false;
+	}
+	return true;
+}
+
+/* The key's scopes (key, user, team, org) that have a budget, after any
+ * already in ex->scopes. */
+static void collect_key_scopes(struct exchange *ex)
 {
 	const struct config *cfg = ex->cfg;
 	const struct cfg_key *k = ex->key;
-	ex->scopes[0] = ex->run->scope;
-	ex->scope_kind[0] = "run";
-	ex->scope_name[0] = ex->run->id;
-	ex->n_scopes = 1;
 	add_scope(ex, &k->budget, "key", k->id);
 	if (k->user >= 0)
 		add_scope(ex, &cfg->users[k->user].budget, "user", cfg->users[k->user].name);
@@ -205,6 +216,15 @@ static void collect_scopes(struct exchange *ex)
 	add_scope(ex, &team->budget, "team", team->name);
 	if (team->parent >= 0)
 		add_scope(ex, &cfg->orgs[team->parent].budget, "org", cfg->orgs[team->parent].name);
+}
+
+static void collect_scopes(struct exchange *ex)
+{
+	ex->scopes[0] = ex->run->scope;
+	ex->scope_kind[0] = "run";
+	ex->scope_name[0] = ex->run->id;
+	ex->n_scopes = 1;
+	collect_key_scopes(ex);
 }
 
 static void money(int64_t v, char *buf)
@@ -244,13 +264,8 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	if (!cfg->n_keys)
 		return true;     /* relay-only configuration (warned at start) */
 
-	uint32_t len;
-	const char *secret = agent_secret(&ex->req.head, &len);
-	if (!secret || len == 0 || !(ex->key = authenticate(ex->client, cfg, secret, len))) {
-		reply_problem(ex, 401, "invalid_key", secret ? "unknown API key" :
-			      "send the key as Authorization: Bearer or x-api-key");
+	if (!authenticate_agent(ex))
 		return false;
-	}
 	if (!key_allows(ex->key, ex->model)) {
 		reply_problem(ex, 403, "model_not_allowed", "this key may not use this model");
 		return false;
@@ -393,7 +408,7 @@ size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 	}
 	/* A reply made before any budget decision (the model list) that
 	 * succeeded is an allow too. */
-	bool allow = ex->allowed || (!ex->key && ex->status < 400);
+	bool allow = ex->allowed || ex->status < 400;
 	put_str(&o, allow ? "X-Budget-Decision: allow\r\nX-Budget-Decision-Id: " :
 			"X-Budget-Decision: block\r\nX-Budget-Decision-Id: ");
 	put_id(&o, 'd', ex->decision_id);
@@ -426,4 +441,46 @@ size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 		put_str(&o, "\r\n");
 	}
 	return o.ok ? o.len : 0;
+}
+
+void decide_budget_state(struct exchange *ex)
+{
+	if (!ex->cfg->n_keys) {
+		reply_problem(ex, 404, "not_found", "no budgets are configured");
+		return;
+	}
+	if (!authenticate_agent(ex))
+		return;
+	uint32_t len;
+	const char *id = http1_field(&ex->req.head, "x-run-id", &len);
+	struct run *run = id && runs_valid_id(id, len) ? runs_find(ex->cfg->runs, id, len) : NULL;
+	if (run && !strcmp(run->key_id, ex->key->id)) {
+		ex->scopes[0] = run->scope;
+		ex->scope_kind[0] = "run";
+		ex->scope_name[0] = run->id;
+		ex->n_scopes = 1;
+	}
+	collect_key_scopes(ex);
+	/* Written into the unused request body area, like the model list. */
+	char *b = ex->inline_body;
+	size_t cap = EX_INLINE_BODY, n = 0;
+	n += (size_t)snprintf(b, cap, "{\"key\":\"%s\",\"scopes\":[", ex->key->id);
+	for (int i = 0; i < ex->n_scopes && n + 400 < cap; i++) {
+		struct budget_totals t;
+		budget_totals(ex->scopes[i], &t);
+		char limit[32], committed[32], reserved[32], remaining[32];
+		money(t.limit, limit);
+		money(t.committed, committed);
+		money(t.reserved, reserved);
+		money(t.limit - t.committed - t.reserved, remaining);
+		n += (size_t)snprintf(b + n, cap - n,
+			"%s{\"scope\":\"%s:%s\",\"window\":\"total\",\"mode\":\"hard_gate\","
+			"\"limit_usd\":\"%s\",\"committed_usd\":\"%s\",\"reserved_usd\":\"%s\","
+			"\"remaining_usd\":\"%s\"}",
+			i ? "," : "", ex->scope_kind[i], ex->scope_name[i], limit, committed,
+			reserved, remaining);
+	}
+	n += (size_t)snprintf(b + n, cap - n, "],\"prices_version\":\"%s\"}",
+			      ex->cfg->prices_version);
+	reply_json(ex, 200, b, n);
 }

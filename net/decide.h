@@ -22,6 +22,9 @@ int decide_reply_body(struct http_msg *m, const char *data, size_t len);
  * when the provider gave none; partial reply: the worst case, since
  * tokens were generated) or release (no reply byte came back). */
 void decide_settle(struct exchange *ex);
+/* GET /v1/budget: every budgeted scope of the caller's key (and of the
+ * run named by X-Run-Id, if it is this key's). Answers itself. */
+void decide_budget_state(struct exchange *ex);
 /* Appends the X-Budget-* response fields; returns the bytes written. */
 size_t decide_headers(const struct exchange *ex, char *out, size_t cap);
 

@@ -393,6 +393,13 @@ void proxy_request(struct exchange *ex)
 			reply_models(ex);
 		return;
 	}
+	if (path_len == 10 && !memcmp(url, "/v1/budget", 10)) {
+		if (method != HTTP_GET && method != HTTP_HEAD)
+			reply_problem(ex, 405, "method_not_allowed", "use GET");
+		else
+			decide_budget_state(ex);
+		return;
+	}
 	const struct route *route = find_route(url, path_len);
 	if (!route) {
 		reply_problem(ex, 404, "not_found", "no such route");

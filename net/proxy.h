@@ -33,5 +33,7 @@ void reply_problem(struct exchange *ex, unsigned status, const char *code,
 void reply_problem_ext(struct exchange *ex, unsigned status, const char *code,
 		       const char *detail, const char *extra);
 void reply_models(struct exchange *ex);
+/* A 200-class JSON reply whose body may live in the exchange's buffers. */
+void reply_json(struct exchange *ex, unsigned status, const char *body, size_t len);
 
 #endif

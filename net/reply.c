@@ -58,6 +58,11 @@ void reply_problem_ext(struct exchange *ex, unsigned status, const char *code,
 		   (size_t)n < sizeof(body) ? (size_t)n : sizeof(body) - 1);
 }
 
+void reply_json(struct exchange *ex, unsigned status, const char *body, size_t len)
+{
+	send_local(ex, status, "application/json", body, len);
+}
+
 static size_t put_price(char *out, size_t cap, const char *name, usd_micros v)
 {
 	if (v < 0)
@@ -88,5 +93,5 @@ void reply_models(struct exchange *ex)
 		n += (size_t)snprintf(b + n, cap - n, "}}");
 	}
 	n += (size_t)snprintf(b + n, cap - n, "],\"prices_version\":\"%s\"}", cfg->prices_version);
-	send_local(ex, 200, "application/json", b, n);
+	reply_json(ex, 200, b, n);
 }

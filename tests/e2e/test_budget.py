@@ -1093,3 +1093,41 @@ def test_config_check_refuses_unenforced_budgets(env):
         for f in os.listdir(tmp):
             os.unlink(os.path.join(tmp, f))
         os.rmdir(tmp)
+
+
+
+def test_budget_state_endpoint(env):
+    """GET /v1/budget lists the caller's budgeted scopes with exact figures,
+    the named run first when it is the caller's; 401 without a key."""
+    models = {"o": model("1.00", "2.00", cap=1000)}
+    keys = [key("k", "sk-state", "t", limit="1.00"), key("k2", "sk-other", "t")]
+    with Mock(env) as mk, start(env, mk, models, keys, teams={"t": {"parent": "o", "budget": budget("3.00")}},
+                                orgs={"o": {"budget": budget("10.00")}}) as tg:
+        body = chat("o", 4)
+        r = tg.call(CHAT, body, dict(bearer("sk-state"), **{"X-Run-Id": "state-run",
+                                                            "x-mock-tokens": "4"}))
+        assert r.status == 200, r
+        u_in, u_out = openai_usage(r)
+        r = tg.call("/v1/budget", b"", dict(bearer("sk-state"), **{"X-Run-Id": "state-run"}),
+                    method="GET")
+        assert r.status == 200, r
+        st = json.loads(r.body)
+        scopes = {x["scope"]: x for x in st["scopes"]}
+        assert list(scopes) == ["run:state-run", "key:k", "team:t", "org:o"], scopes
+        # actual = ceil((in*1 + out*2) micro-dollars per token / 1)  (prices per Mtok)
+        actual = -(-(u_in * micros("1.00") + u_out * micros("2.00")) // MTOK)
+        for name, limit in (("key:k", "1.00"), ("team:t", "3.00"), ("org:o", "10.00")):
+            sc = scopes[name]
+            assert micros(sc["limit_usd"]) == micros(limit), sc
+            assert micros(sc["committed_usd"]) == actual, (sc, actual)
+            assert micros(sc["reserved_usd"]) == 0, sc
+            assert micros(sc["remaining_usd"]) == micros(limit) - actual, sc
+        assert micros(scopes["run:state-run"]["committed_usd"]) == actual
+        # no key: 401; another key does not see this run
+        r = tg.call("/v1/budget", b"", {}, method="GET")
+        problem(r, 401, "invalid_key")
+        r = tg.call("/v1/budget", b"", dict(bearer("sk-other"), **{"X-Run-Id": "state-run"}),
+                    method="GET")
+        assert [x["scope"] for x in json.loads(r.body)["scopes"]] == ["team:t", "org:o"], r.body
+        r = tg.call("/v1/budget", b"{}", bearer("sk-state"))
+        problem(r, 405)
