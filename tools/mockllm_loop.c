@@ -115,58 +115,11 @@ static void warn(const struct worker *w, const char *what, int err)
 		fprintf(stderr, "mockllm: worker %u: %s: %s\n", w->index, what, strerror(err));
 }
 
-/* ---- the timer heap: one deadline per connection ---- */
-
-static void heap_place(struct timer_heap *h, uint32_t i, struct conn *c)
-{
-	h->slots[i] = c;
-	c->timer_slot = (int32_t)i;
-}
-
-static void heap_sift_up(struct timer_heap *h, uint32_t i)
-{
-	struct conn *c = h->slots[i];
-	while (i > 0) {
-		uint32_t parent = (i - 1) / 2;
-		if (h->slots[parent]->deadline_ns <= c->deadline_ns)
-			break;
-		heap_place(h, i, h->slots[parent]);
-		i = parent;
-	}
-	heap_place(h, i, c);
-}
-
-static void heap_sift_down(struct timer_heap *h, uint32_t i)
-{
-	struct conn *c = h->slots[i];
-	for (;;) {
-		uint32_t child = 2 * i + 1;
-		if (child >= h->len)
-			break;
-		if (child + 1 < h->len &&
-		    h->slots[child + 1]->deadline_ns < h->slots[child]->deadline_ns)
-			child++;
-		if (c->deadline_ns <= h->slots[child]->deadline_ns)
-			break;
-		heap_place(h, i, h->slots[child]);
-		i = child;
-	}
-	heap_place(h, i, c);
-}
+/* ---- timers: one deadline per connection, in core/timer.c's heap ---- */
 
 static void conn_timer_cancel(struct conn *c)
 {
-	struct timer_heap *h = &c->w->timers;
-	if (c->timer_slot < 0)
-		return;
-	uint32_t i = (uint32_t)c->timer_slot;
-	c->timer_slot = -1;
-	struct conn *last = h->slots[--h->len];
-	if (i == h->len)
-		return;
-	heap_place(h, i, last);
-	heap_sift_up(h, i);
-	heap_sift_down(h, (uint32_t)last->timer_slot);
+	timer_cancel(&c->w->timers, &c->timer);
 }
 
 /*
@@ -177,18 +130,9 @@ int conn_timer_set(struct conn *c, uint64_t deadline_ns)
 {
 	struct timer_heap *h = &c->w->timers;
 	conn_timer_cancel(c);
-	if (h->len == h->cap) {
-		uint32_t cap = h->cap ? h->cap * 2 : 256;
-		struct conn **slots = realloc(h->slots, cap * sizeof(*slots));
-		if (!slots)
-			return -ENOMEM;
-		h->slots = slots;
-		h->cap = cap;
-	}
-	c->deadline_ns = deadline_ns;
-	heap_place(h, h->len++, c);
-	heap_sift_up(h, h->len - 1);
-	return 0;
+	if (h->len == h->cap && timer_heap_grow(h))
+		return -ENOMEM;
+	return timer_arm(h, &c->timer, deadline_ns);
 }
 
 /* ---- connections: lifetime ---- */
@@ -211,7 +155,7 @@ static struct conn *conn_new(struct worker *w, int fd)
 	c->can_write = true;
 	c->peer_hup = false;
 	c->runnable = false;
-	c->timer_slot = -1;
+	c->timer = (struct timer){ 0 };
 	c->next = NULL;
 	c->reply = (struct reply){ 0 };
 	c->in_off = c->out_sent = 0;
@@ -486,11 +430,9 @@ static void worker_expire(struct worker *w)
 	if (w->timers.len == 0 && w->accept_resume_ns == 0)
 		return;
 	uint64_t now = mono_now_ns();
-	while (w->timers.len > 0 && w->timers.slots[0]->deadline_ns <= now) {
-		struct conn *c = w->timers.slots[0];
-		conn_timer_cancel(c);
-		conn_timer_fired(c);
-	}
+	struct timer *t;
+	while ((t = timer_pop_due(&w->timers, now)))
+		conn_timer_fired(container_of(t, struct conn, timer));
 	if (w->accept_resume_ns && w->accept_resume_ns <= now) {
 		w->accept_resume_ns = 0;
 		worker_accept(w);
@@ -513,7 +455,7 @@ static void worker_run_yielded(struct worker *w)
 /* Arms the timerfd at the earliest deadline, if that changed. */
 static void worker_arm(struct worker *w)
 {
-	uint64_t want = w->timers.len ? w->timers.slots[0]->deadline_ns : 0;
+	uint64_t want = w->timers.len ? timer_next(&w->timers) : 0;
 	if (w->accept_resume_ns && (!want || w->accept_resume_ns < want))
 		want = w->accept_resume_ns;
 	if (want == w->armed_ns)

@@ -815,7 +815,7 @@ bool reply_pump(struct conn *c)
 	struct reply *rp = &c->reply;
 	bool progressed = false;
 	while (rp->phase != REPLY_IDLE && c->state == CONN_READING &&
-	       c->timer_slot < 0 && c->out.len - c->out_sent < MOCK_OUT_HIGH_WATER) {
+	       !timer_armed(&c->timer) && c->out.len - c->out_sent < MOCK_OUT_HIGH_WATER) {
 		int rc = 1;     /* <0 out of memory, 0 waiting, >0 moved on */
 		switch (rp->phase) {
 		case REPLY_WAIT:

@@ -22,6 +22,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "core/defs.h"
+#include "core/timer.h"
+
 #define MOCK_CACHELINE          64
 #define MOCK_MAX_HEADER_BYTES   (64u * 1024)         /* larger: 431 */
 #define MOCK_MAX_BODY_BYTES     (64ull * 1024 * 1024) /* larger: 413 */
@@ -181,8 +184,7 @@ struct conn {
 	bool can_write;         /* edge-triggered: the socket may take output */
 	bool peer_hup;          /* EPOLLRDHUP/HUP/ERR seen: read until EOF */
 	bool runnable;          /* queued on w->runnable for another turn */
-	int32_t timer_slot;     /* index in w->timers, -1 when no timer is set */
-	uint64_t deadline_ns;   /* CLOCK_MONOTONIC deadline while timer_slot >= 0 */
+	struct timer timer;     /* one deadline (ns) in w->timers, when armed */
 	struct conn *next;      /* free list or runnable list */
 	http_parser parser;     /* parser.data points back here */
 	struct reply reply;
@@ -200,13 +202,6 @@ struct mock_counters {
 	_Atomic uint64_t closed;        /* connections closed ever */
 	_Atomic uint64_t requests;      /* API requests answered (not /health, /mock/stats) */
 	_Atomic uint64_t closed_by_peer;/* connections the peer closed or reset */
-};
-
-/* A min-heap of connections by deadline_ns. */
-struct timer_heap {
-	struct conn **slots;
-	uint32_t len;
-	uint32_t cap;
 };
 
 struct worker {

@@ -30,12 +30,23 @@ int main(void)
 	CHECK(timer_pop_due(&h, 0) == NULL || timer_next(&h) == 0);
 	struct timer *x;
 	while ((x = timer_pop_due(&h, UINT64_MAX - 1))) {
-		CHECK(x->deadline_ms >= last);
+		CHECK(x->deadline >= last);
 		CHECK(!timer_armed(x));
-		last = x->deadline_ms;
+		last = x->deadline;
 		popped++;
 	}
 	CHECK(popped == N - N / 4);
+	/* a grown heap keeps working */
+	CHECK(timer_heap_grow(&h) == 0 && h.cap == 2 * N);
+	for (int i = 0; i < N + 1; i++)
+		CHECK(timer_arm(&h, &t[i % N], (uint64_t)(N - i)) == 0);
+	CHECK(timer_arm(&h, &extra, 0) == 0);
+	int due_at_zero = 0;
+	while ((x = timer_pop_due(&h, 0)))
+		due_at_zero += x->deadline == 0;
+	CHECK(due_at_zero == 2);   /* extra and t[0] */
+	while (timer_pop_due(&h, UINT64_MAX - 1))
+		;
 	CHECK(timer_next(&h) == UINT64_MAX);
 	timer_heap_free(&h);
 	return check_report("core/timer");
