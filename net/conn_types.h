@@ -164,7 +164,7 @@ struct exchange {
 	int64_t actual_usd;       /* after settlement */
 	uint64_t decision_id;
 	uint32_t max_output_tokens;
-	uint32_t tail_len;        /* reply body tail kept for its usage */
+	uint32_t tail_start, tail_len; /* reply body tail kept for its usage */
 	struct iovec req_iov[SENDQ_MAX_IOV]; /* the upstream request, kept for a retry */
 	int req_iov_n;
 	char *body;
@@ -176,10 +176,10 @@ struct exchange {
 	uint32_t head_cap;        /* req_head capacity this exchange was built with */
 
 	/* --- not cleared between requests: set up by http1_init(), or
-	 * meaningful only up to tail_len --- */
+	 * meaningful only in tail[tail_start, +tail_len) --- */
 	struct http_msg req;
 	struct http_msg resp;
-	char tail[EX_USAGE_TAIL];
+	char tail[2 * EX_USAGE_TAIL];
 	/* a run issued for this call alone (no X-Run-Id): its budget scope
 	 * has one slot, private to this shard */
 	struct run own_run;

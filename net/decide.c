@@ -307,20 +307,28 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	return true;
 }
 
+/*
+ * Keeps at least the last EX_USAGE_TAIL bytes of the reply body in a
+ * buffer twice that size: bytes are appended, and only when the buffer is
+ * full are the last EX_USAGE_TAIL of them moved to its front. A stream of
+ * small events thus costs about one copy per byte, not one per event.
+ */
 int decide_reply_body(struct http_msg *m, const char *data, size_t len)
 {
 	struct exchange *ex = m->owner;
 	if (len >= EX_USAGE_TAIL) {
 		memcpy(ex->tail, data + len - EX_USAGE_TAIL, EX_USAGE_TAIL);
+		ex->tail_start = 0;
 		ex->tail_len = EX_USAGE_TAIL;
 		return 0;
 	}
-	if (ex->tail_len + len > EX_USAGE_TAIL) {
-		size_t drop = ex->tail_len + len - EX_USAGE_TAIL;
-		memmove(ex->tail, ex->tail + drop, ex->tail_len - drop);
-		ex->tail_len -= (uint32_t)drop;
+	if (ex->tail_start + ex->tail_len + len > sizeof(ex->tail)) {
+		uint32_t keep = MIN(ex->tail_len, (uint32_t)(EX_USAGE_TAIL - len));
+		memmove(ex->tail, ex->tail + ex->tail_start + ex->tail_len - keep, keep);
+		ex->tail_start = 0;
+		ex->tail_len = keep;
 	}
-	memcpy(ex->tail + ex->tail_len, data, len);
+	memcpy(ex->tail + ex->tail_start + ex->tail_len, data, len);
 	ex->tail_len += (uint32_t)len;
 	return 0;
 }
@@ -340,7 +348,7 @@ void decide_settle(struct exchange *ex)
 	}
 	struct usage u;
 	ex->actual_usd = ex->reserved_usd;
-	if (ex->resp_complete && ex->status < 300 && usage_parse(ex->tail, ex->tail_len, &u)) {
+	if (ex->resp_complete && ex->status < 300 && usage_parse(ex->tail + ex->tail_start, ex->tail_len, &u)) {
 		/* A count the reply did not carry (an Anthropic stream whose
 		 * message_start left the tail) is charged at what was reserved
 		 * for it, never as zero. */
