@@ -76,7 +76,6 @@ static bool take_lease(struct budget_scope *s, struct budget_local *l, int64_t n
 							  memory_order_acq_rel,
 							  memory_order_relaxed)) {
 			st(&l->lease, ld(&l->lease) + chunk);
-			l->lease_grants++;
 			return true;
 		}
 	}

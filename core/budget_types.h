@@ -33,7 +33,6 @@ struct budget_local {
 	_Alignas(CACHELINE) _Atomic int64_t lease;    /* leased, not yet reserved */
 	_Atomic int64_t reserved;                     /* held by calls in flight */
 	_Atomic int64_t committed;                    /* spent (final) */
-	uint32_t lease_grants;                        /* leases taken (stats) */
 };
 
 struct budget_scope {

@@ -73,7 +73,6 @@ static void post_accept(struct shard *s, uint32_t i)
 	io_uring_prep_multishot_accept(sqe, s->listen_fds[i], NULL, NULL,
 				       SOCK_NONBLOCK | SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, ring_tag(OP_ACCEPT, &s->listen_fds[i]));
-	s->accepts_armed++;
 }
 
 static void post_wake_read(struct shard *s)
@@ -204,8 +203,6 @@ void shard_post(struct shard *s, enum shard_cmd cmd, struct config *cfg)
 
 static void on_accept(struct shard *s, struct io_uring_cqe *cqe)
 {
-	if (!(cqe->flags & IORING_CQE_F_MORE))
-		s->accepts_armed--;
 	if (cqe->res >= 0) {
 		client_accept(s, cqe->res);
 	} else if (cqe->res != -ECANCELED) {

@@ -61,7 +61,6 @@ struct shard {
 	struct timer_heap timers;
 	int *listen_fds;
 	uint32_t n_listen;
-	uint32_t accepts_armed;          /* listeners with a live multishot accept */
 
 	struct client *clients;          /* live list */
 	struct client *client_free;

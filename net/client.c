@@ -142,7 +142,6 @@ static void client_post_recv(struct client *c)
 
 void client_retry_recv(struct client *c)
 {
-	c->starved = false;
 	c->inflight--;          /* the starvation "operation" is over */
 	client_post_recv(c);
 	client_maybe_free(c);
@@ -168,7 +167,6 @@ void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
 	if (res == -ENOBUFS) {
 		/* Waiting for a buffer counts as an operation in flight, so the
 		 * object outlives its place on the starved list. */
-		c->starved = true;
 		c->inflight++;
 		c->next_starved = s->starved_clients;
 		s->starved_clients = c;

@@ -69,7 +69,6 @@ struct client {
 	int fd;
 	uint8_t state;            /* enum client_state */
 	bool recv_posted;
-	bool starved;             /* recv got -ENOBUFS; retried when buffers return */
 	bool close_after;         /* close once the current reply is sent */
 	uint16_t inflight;
 	struct timer timer;
@@ -99,7 +98,6 @@ struct upstream {
 	int fd;
 	uint8_t state;            /* enum upstream_state */
 	bool recv_posted;
-	bool starved;
 	bool reused;              /* served an earlier request */
 	uint16_t inflight;
 	int provider;             /* index in the generation below */

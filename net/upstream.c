@@ -106,7 +106,6 @@ void upstream_recv(struct upstream *u)
 
 void upstream_retry_recv(struct upstream *u)
 {
-	u->starved = false;
 	u->inflight--;
 	upstream_recv(u);
 	upstream_maybe_free(u);
@@ -251,7 +250,6 @@ void upstream_on_recv(struct upstream *u, int res, uint32_t cqe_flags)
 			return;
 		}
 		if (res == -ENOBUFS) {
-			u->starved = true;
 			u->inflight++;
 			u->next_starved = s->starved_upstreams;
 			s->starved_upstreams = u;
