@@ -4,10 +4,13 @@
 set -u
 cd "$(dirname "$0")/.."
 pass=0 fail=0 bad=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 stage() {
   echo "=== $1"; shift
-  out=$("$@" 2>&1 | tee /dev/stderr | grep -E '^([A-Za-z0-9_-]+: )?[0-9]+ passed, [0-9]+ failed' | tail -1)
-  rc=${PIPESTATUS[0]}
+  "$@" >"$log" 2>&1; rc=$?
+  cat "$log"
+  out=$(grep -E '^([A-Za-z0-9_-]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
   if [ -n "$out" ]; then
     p=$(sed -E 's/.*\b([0-9]+) passed.*/\1/' <<<"$out"); f=$(sed -E 's/.*\b([0-9]+) failed.*/\1/' <<<"$out")
     pass=$((pass + p)); fail=$((fail + f))

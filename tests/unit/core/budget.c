@@ -4,6 +4,7 @@
  * racing shard threads with a third thread sampling totals.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 
 #include "core/budget.h"
@@ -75,7 +76,7 @@ static void test_lowered_limit(void)
 #define RUN_LIMIT 1000000      /* $1.00 */
 #define TEAM_LIMIT 3000000     /* $3.00, shared by 4 runs */
 static struct budget_scope *team, *runs[4];
-static _Atomic int stop_sampling;
+static _Atomic int stop_sampling, sampling_started;
 static _Atomic long violations, samples;
 static int64_t committed_by[2];
 
@@ -85,6 +86,8 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	int failures = 0;
+	while (!sampling_started)      /* the race must be watched from its start */
+		sched_yield();
 	while (failures < 2000) {
 		int r = (int)(rand_r(&w->seed) % 4);
 		struct budget_scope *sc[] = { runs[r], team };
@@ -120,6 +123,7 @@ static void *sampler_main(void *arg)
 		for (int i = 0; i < 4; i++)
 			check_scope(runs[i]);
 		samples++;
+		sampling_started = 1;
 	}
 	return NULL;
 }
