@@ -42,16 +42,19 @@ static void *worker(void *p)
 	CPU_ZERO(&set);
 	CPU_SET(a->cpu, &set);
 	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	struct budget_clock clk;
+	budget_clock_set(&clk, time(NULL));
 	double t0 = now_ns();
 	for (long i = 0; i < a->calls; i++) {
-		if (budget_reserve(a->scopes, 4, a->shard, 3140) != -1) {
+		uint32_t over;
+		if (budget_reserve(a->scopes, 4, a->shard, 3140, &clk, &over) != -1) {
 			a->refused++;
 			continue;
 		}
 		if (a->release)
-			budget_release(a->scopes, 4, a->shard, 3140);
+			budget_release(a->scopes, 4, a->shard, 3140, &clk);
 		else
-			budget_commit(a->scopes, 4, a->shard, 3140, 3000);
+			budget_commit(a->scopes, 4, a->shard, 3140, 3000, &clk);
 	}
 	a->ns = (now_ns() - t0) / (double)a->calls;
 	return NULL;
@@ -60,8 +63,12 @@ static void *worker(void *p)
 static double run(int threads, int64_t limit, bool release, long *refused)
 {
 	struct budget_scope *scopes[4];
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 4; i++) {
 		scopes[i] = budget_scope_new(limit, 2);
+		/* like a run, a key, a daily team budget and a monthly org's */
+		budget_set_window(scopes[i], (uint8_t[]){ WINDOW_RUN, WINDOW_TOTAL, WINDOW_DAY,
+							  WINDOW_MONTH }[i]);
+	}
 	pthread_t th[2];
 	struct arg args[2];
 	for (int t = 0; t < threads; t++) {

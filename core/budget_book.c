@@ -4,6 +4,7 @@
  */
 #include "core/budget_book.h"
 
+#include "core/config.h"
 #include "core/runs.h"
 
 #include <errno.h>
@@ -12,10 +13,16 @@
 
 enum scope_kind { KIND_ORG, KIND_TEAM, KIND_USER, KIND_KEY };
 
+struct retired {
+	struct budget_scope *scope;
+	struct retired *next;
+};
+
 struct book_entry {
 	enum scope_kind kind;
 	char *name;
-	struct budget_scope *scope;     /* NULL for a key without a budget */
+	struct budget_scope *scope;     /* NULL: no shared budget */
+	struct retired *retired;        /* scopes replaced by a window change */
 	_Atomic uint32_t runs_opened;   /* keys: runs in the run table */
 	struct book_entry *next;
 };
@@ -50,6 +57,11 @@ void budget_book_free(struct budget_book *b)
 	for (struct book_entry *e = b->entries, *next; e; e = next) {
 		next = e->next;
 		budget_scope_free(e->scope);
+		for (struct retired *r = e->retired, *rn; r; r = rn) {
+			rn = r->next;
+			budget_scope_free(r->scope);
+			free(r);
+		}
 		free(e->name);
 		free(e);
 	}
@@ -74,20 +86,44 @@ static struct book_entry *entry_for(struct budget_book *b, enum scope_kind kind,
 	return e;
 }
 
+/* Moves e's scope to its retired list (calls of an older generation may
+ * still settle on it, so it lives as long as the book). */
+static int retire(struct book_entry *e)
+{
+	struct retired *r = malloc(sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->scope = e->scope;
+	r->next = e->retired;
+	e->retired = r;
+	e->scope = NULL;
+	return 0;
+}
+
+/*
+ * Points budget->scope at the live counters of (kind, name). A `run`
+ * window caps each run instead and has none. A changed window starts new
+ * counters: the old ones stay allocated (calls of the previous generation
+ * may still settle on them) until the book is freed.
+ */
 static int bind_budget(struct budget_book *b, enum scope_kind kind, const char *name,
 		       struct cfg_budget *budget)
 {
 	struct book_entry *e = entry_for(b, kind, name);
 	if (!e)
 		return -ENOMEM;
-	if (kind == KIND_KEY)
-		budget->scope = NULL;
-	if (!budget->present)
+	budget->scope = NULL;
+	if (!budget->present || budget->window == WINDOW_RUN)
 		return 0;
-	if (e->scope)
-		budget_set_limit(e->scope, budget->limit);
-	else if (!(e->scope = budget_scope_new(budget->limit, b->n_shards)))
+	if (e->scope && e->scope->window != budget->window && retire(e))
 		return -ENOMEM;
+	if (!e->scope) {
+		if (!(e->scope = budget_scope_new(budget->limit, b->n_shards)))
+			return -ENOMEM;
+		budget_set_window(e->scope, budget->window);
+	}
+	budget_set_limit(e->scope, budget->limit,
+			 config_budget_slack(budget->mode, budget->soft_margin));
 	budget->scope = e->scope;
 	return 0;
 }

@@ -18,10 +18,30 @@
 
 #define BUDGET_MAX_SHARDS 64
 
+/* How long a scope's spend counts before it starts again from zero. A
+ * `run` window lasts as long as the run, so it never rolls, like `total`;
+ * hour, day, week (from Monday) and month roll on UTC boundaries. */
+enum budget_window {
+	WINDOW_RUN, WINDOW_HOUR, WINDOW_DAY, WINDOW_WEEK, WINDOW_MONTH, WINDOW_TOTAL,
+	WINDOW_KINDS
+};
+
+/* Each shard's view of the wall clock as window numbers, so a reservation
+ * finds its window with one load. Set by budget_clock_set(). */
+struct budget_clock {
+	int64_t now_s;                       /* UTC seconds since the epoch */
+	int64_t epoch[WINDOW_KINDS];         /* window number now, per kind */
+};
+
+/* slack: how far past its limit a scope may reserve (soft_gate's margin);
+ * BUDGET_UNBOUNDED never refuses (advisory_estimate, actuals_only). */
+#define BUDGET_UNBOUNDED (-1)
+
 /* Shared by all shards: what has left the global pool for this scope. */
 struct budget_global {
 	_Alignas(CACHELINE) _Atomic int64_t used;  /* Σ shards (lease + reserved + committed) */
 	_Atomic int64_t limit;                     /* µUSD; changed only by a reload */
+	_Atomic int64_t slack;                     /* µUSD past limit, or BUDGET_UNBOUNDED */
 };
 
 /*
@@ -32,16 +52,19 @@ struct budget_global {
 struct budget_local {
 	_Alignas(CACHELINE) _Atomic int64_t lease;    /* leased, not yet reserved */
 	_Atomic int64_t reserved;                     /* held by calls in flight */
-	_Atomic int64_t committed;                    /* spent (final) */
+	_Atomic int64_t committed;                    /* spent (final) in window `epoch` */
+	_Atomic int64_t epoch;                        /* the window `committed` belongs to */
 };
 
 struct budget_scope {
 	struct budget_global global;
 	uint32_t n_shards;
+	uint8_t window;                                /* enum budget_window; fixed */
 	struct budget_local local[];                   /* n_shards entries */
 };
 
-/* Totals over all shards, for reports and headers. */
+/* Totals over all shards, for reports and headers. `committed` is the
+ * current window's; reservations count whichever window they began in. */
 struct budget_totals {
 	int64_t limit, committed, reserved, leased, used;
 };

@@ -741,14 +741,30 @@ static int read_budget(struct loader *ld, struct fy_node *k, struct fy_node *v,
 		load_error(ld, b->line, "budget: limit is required");
 		return -EINVAL;
 	}
-	/* Refused rather than approximated: a limit that silently meant
-	 * something else would be a budget bypass. */
-	if (b->window != WINDOW_TOTAL || b->mode != MODE_HARD_GATE) {
-		load_error(ld, b->line, "budget: only window: total and mode: hard_gate are "
-			   "enforced by this build");
+	if (b->soft_margin && b->mode != MODE_SOFT_GATE) {
+		load_error(ld, b->line, "budget: soft_margin applies to mode: soft_gate only");
 		return -EINVAL;
 	}
 	return 0;
+}
+
+const char *config_window_name(uint8_t window)
+{
+	return window < ARRAY_SIZE(window_names) ? window_names[window] : "total";
+}
+
+int64_t config_budget_slack(uint8_t mode, int64_t soft_margin)
+{
+	switch (mode) {
+	case MODE_HARD_GATE: return 0;
+	case MODE_SOFT_GATE: return soft_margin;
+	default: return BUDGET_UNBOUNDED;   /* advisory, actuals-only: gated elsewhere */
+	}
+}
+
+const char *config_mode_name(uint8_t mode)
+{
+	return mode < ARRAY_SIZE(mode_names) ? mode_names[mode] : "hard_gate";
 }
 
 static int principal_budget(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
@@ -863,10 +879,6 @@ static int key_mode(struct loader *ld, struct fy_node *k, struct fy_node *v, voi
 {
 	int m = read_enum(ld, k, v, mode_names, (int)ARRAY_SIZE(mode_names));
 	((struct cfg_key *)obj)->mode = (uint8_t)m;
-	if (m >= 0 && m != MODE_HARD_GATE) {
-		load_error(ld, node_line(k), "mode: only hard_gate is enforced by this build");
-		return -EINVAL;
-	}
 	return m < 0 ? -EINVAL : 0;
 }
 

@@ -25,6 +25,13 @@ const struct cfg_model *config_find_model(const struct config *cfg,
 /* The key whose secret hashes to sha256[0..32), or NULL. */
 const struct cfg_key *config_find_key(const struct config *cfg, const unsigned char *sha256);
 
+/* "hour", "hard_gate", ...: the config names of enum budget_window and
+ * enum budget_mode. */
+const char *config_window_name(uint8_t window);
+const char *config_mode_name(uint8_t mode);
+/* How far past its limit a budget in this mode may reserve (budget.h). */
+int64_t config_budget_slack(uint8_t mode, int64_t soft_margin);
+
 /* Parses "host:port" / "[v6]:port"; returns 0 or -EINVAL. Resolves names. */
 int config_parse_addr(const char *text, struct cfg_addr *out);
 

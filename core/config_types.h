@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "core/budget_types.h"
 #include "core/money.h"
 
 struct arena;
@@ -79,10 +80,6 @@ struct cfg_model {
 	int line;
 	const char **alternatives;
 	uint32_t n_alternatives;
-};
-
-enum budget_window {
-	WINDOW_RUN, WINDOW_HOUR, WINDOW_DAY, WINDOW_WEEK, WINDOW_MONTH, WINDOW_TOTAL,
 };
 
 enum budget_mode {

@@ -47,6 +47,15 @@ void runs_free(struct run_table *t)
 	free(t);
 }
 
+void runs_tidy(struct run_table *t, uint32_t shard, const struct budget_clock *clk)
+{
+	for (uint32_t i = 0; i <= t->mask; i++) {
+		struct run *r = atomic_load_explicit(&t->slots[i], memory_order_acquire);
+		if (r)
+			budget_tidy(r->scope, shard, clk);
+	}
+}
+
 bool runs_valid_id(const char *id, size_t len)
 {
 	if (len == 0 || len > RUN_ID_MAX)
@@ -79,7 +88,8 @@ struct run *runs_find(struct run_table *t, const char *id, size_t len)
 }
 
 struct run *runs_open(struct run_table *t, const char *id, size_t len,
-		      const char *key_id, int64_t limit, bool *created)
+		      const char *key_id, int64_t limit, uint8_t mode, int64_t slack,
+		      bool *created)
 {
 	*created = false;
 	uint32_t s = (uint32_t)XXH3_64bits(id, len) & t->mask;
@@ -98,6 +108,9 @@ struct run *runs_open(struct run_table *t, const char *id, size_t len,
 			mine = calloc(1, sizeof(*mine));
 			if (!mine || !(mine->scope = budget_scope_new(limit, t->n_shards)))
 				break;
+			budget_set_limit(mine->scope, limit, slack);
+			budget_set_window(mine->scope, WINDOW_RUN);
+			mine->mode = mode;
 			memcpy(mine->id, id, len);
 			mine->id_len = (uint8_t)len;
 			strncpy(mine->key_id, key_id, RUN_ID_MAX);

@@ -24,12 +24,16 @@ struct run {
 	char key_id[RUN_ID_MAX + 1];   /* the key that opened it (ids survive reloads) */
 	struct budget_scope *scope;
 	int64_t limit;
+	uint8_t mode;                  /* enum budget_mode */
 };
 
 struct run_table;
 
 struct run_table *runs_new(uint32_t capacity, uint32_t n_shards);
 void runs_free(struct run_table *t);
+
+/* budget_tidy() on every run for `shard` (its periodic housekeeping). */
+void runs_tidy(struct run_table *t, uint32_t shard, const struct budget_clock *clk);
 
 /* True when id[0..len) is a usable run id: 1..64 of [A-Za-z0-9._:-]. */
 bool runs_valid_id(const char *id, size_t len);
@@ -38,11 +42,13 @@ bool runs_valid_id(const char *id, size_t len);
 struct run *runs_find(struct run_table *t, const char *id, size_t len);
 
 /*
- * The run named id, opened with `limit` for key_id if it does not exist.
+ * The run named id, opened with `limit` for key_id if it does not exist,
+ * enforced in `mode` (enum budget_mode) with `slack` (budget.h).
  * *created says which. NULL: the table is full or out of memory.
  * Two shards opening the same id at once get the same run.
  */
 struct run *runs_open(struct run_table *t, const char *id, size_t len,
-		      const char *key_id, int64_t limit, bool *created);
+		      const char *key_id, int64_t limit, uint8_t mode, int64_t slack,
+		      bool *created);
 
 #endif

@@ -21,8 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/budget.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/runs.h"
 #include "net/client.h"
 #include "net/upstream.h"
 
@@ -35,6 +37,39 @@ static uint64_t monotonic_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Wall time as budget windows; recomputed when the second changes. */
+static void update_clock(struct shard *s)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	int64_t now = ts.tv_sec;
+	if (s->clock_offset_s)
+		now += atomic_load_explicit(s->clock_offset_s, memory_order_relaxed);
+	if (now != s->clock.now_s)
+		budget_clock_set(&s->clock, now);
+}
+
+/* Once a second: roll every scope's slot of this shard into the current
+ * window and hand back leases near a limit, so a shard that went quiet
+ * neither holds spend of a past window nor budget others could use. */
+static void tidy_budgets(struct shard *s)
+{
+	const struct config *cfg = s->cfg;
+	uint32_t shard = (uint32_t)s->id;
+	const struct cfg_principal *kinds[] = { cfg->orgs, cfg->teams, cfg->users };
+	const uint32_t counts[] = { cfg->n_orgs, cfg->n_teams, cfg->n_users };
+	for (int k = 0; k < 3; k++)
+		for (uint32_t i = 0; i < counts[k]; i++)
+			if (kinds[k][i].budget.scope)
+				budget_tidy(kinds[k][i].budget.scope, shard, &s->clock);
+	for (uint32_t i = 0; i < cfg->n_keys; i++)
+		if (cfg->keys[i].budget.scope)
+			budget_tidy(cfg->keys[i].budget.scope, shard, &s->clock);
+	if (cfg->runs)
+		runs_tidy(cfg->runs, shard, &s->clock);
+	s->next_tidy_ms = s->now_ms + 1000;
 }
 
 struct io_uring_sqe *shard_sqe(struct shard *s)
@@ -102,6 +137,7 @@ int shard_init(struct shard *s, int id, int cpu, struct config *cfg)
 		return -ENOMEM;
 	s->holds->cfg = cfg;
 	s->now_ms = monotonic_ms();
+	update_clock(s);
 	if (getrandom(&s->run_prefix, sizeof(s->run_prefix), 0) != sizeof(s->run_prefix))
 		s->run_prefix = (uint32_t)s->now_ms ^ (uint32_t)id << 24;
 	s->wake_fd = eventfd(0, EFD_CLOEXEC);
@@ -346,6 +382,7 @@ static void *shard_main(void *arg)
 			break;
 		}
 		s->now_ms = monotonic_ms();
+		update_clock(s);
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&s->ring.uring, head, cqe) {
 			dispatch(s, cqe);
@@ -354,6 +391,8 @@ static void *shard_main(void *arg)
 		io_uring_cq_advance(&s->ring.uring, seen);
 		fire_timers(s);
 		retry_starved(s);
+		if (s->now_ms >= s->next_tidy_ms)
+			tidy_budgets(s);
 		if (!stopping && drain_finished(s)) {
 			stopping = true;
 			upstream_pools_reset(s);

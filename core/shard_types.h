@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/budget_types.h"
 #include "core/config_types.h"
 #include "core/defs.h"
 #include "core/timer.h"
@@ -58,6 +59,9 @@ struct shard {
 	struct config *cfg;              /* current generation == holds->cfg */
 	struct cfg_hold *holds;          /* current first, then retired ones in use */
 	uint64_t now_ms;                 /* CLOCK_MONOTONIC, per loop turn */
+	struct budget_clock clock;       /* wall clock as budget windows, per loop turn */
+	uint64_t next_tidy_ms;           /* budget housekeeping, once a second */
+	const _Atomic int64_t *clock_offset_s; /* tests move the wall clock (main.c) */
 	struct timer_heap timers;
 	int *listen_fds;
 	uint32_t n_listen;

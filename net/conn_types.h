@@ -153,7 +153,9 @@ struct exchange {
 	struct budget_scope *scopes[EX_MAX_SCOPES];
 	const char *scope_kind[EX_MAX_SCOPES];    /* "run", "key", "user", "team", "org" */
 	const char *scope_name[EX_MAX_SCOPES];
+	uint8_t scope_mode[EX_MAX_SCOPES];        /* enum budget_mode */
 	uint8_t n_scopes;
+	uint8_t over;             /* bit i: scope i reserved past its limit (soft/advisory) */
 	uint8_t blocked_by;       /* 1 + index of the scope that refused; 0: none */
 	bool allowed;             /* authenticated and reserved */
 	bool settled;             /* the reservation was committed or released */

@@ -110,7 +110,23 @@ static void add_scope(struct exchange *ex, const struct cfg_budget *b, const cha
 	ex->scopes[ex->n_scopes] = b->scope;
 	ex->scope_kind[ex->n_scopes] = kind;
 	ex->scope_name[ex->n_scopes] = name;
+	ex->scope_mode[ex->n_scopes] = b->mode;
 	ex->n_scopes++;
+}
+
+/* A `window: run` budget on the key or above caps every run under it. */
+static int64_t cap_by_run_windows(const struct config *cfg, const struct cfg_key *k,
+				  int64_t limit)
+{
+	const struct cfg_budget *b[4] = { &k->budget, NULL, &cfg->teams[k->team].budget, NULL };
+	if (k->user >= 0)
+		b[1] = &cfg->users[k->user].budget;
+	if (cfg->teams[k->team].parent >= 0)
+		b[3] = &cfg->orgs[cfg->teams[k->team].parent].budget;
+	for (int i = 0; i < 4; i++)
+		if (b[i] && b[i]->present && b[i]->window == WINDOW_RUN && b[i]->limit < limit)
+			limit = b[i]->limit;
+	return limit;
 }
 
 /* Writes "run-" + 8 hex digits of prefix + 12 of n (by hand: per call). */
@@ -152,6 +168,8 @@ static bool open_run(struct exchange *ex)
 		if (limit > k->run.max_limit)
 			limit = k->run.max_limit;
 	}
+	limit = cap_by_run_windows(ex->cfg, k, limit);
+	int64_t slack = config_budget_slack(k->mode, 0);
 	uint32_t len;
 	const char *id = http1_field(h, "x-run-id", &len);
 	if (!id) {
@@ -159,6 +177,9 @@ static bool open_run(struct exchange *ex)
 		r->id_len = issue_run_id(r->id, s->run_prefix, ++s->runs_issued << 8 | (uint64_t)s->id);
 		r->limit = limit;
 		r->scope = budget_scope_init(ex->own_run_scope, limit, 1);
+		r->mode = k->mode;
+		budget_set_limit(r->scope, limit, slack);
+		budget_set_window(r->scope, WINDOW_RUN);
 		ex->run = r;
 		return true;
 	}
@@ -175,7 +196,8 @@ static bool open_run(struct exchange *ex)
 			reply_problem(ex, 429, "too_many_runs", "this key has opened run.max_live_runs runs");
 			return false;
 		}
-		ex->run = runs_open(ex->cfg->runs, id, len, k->id, limit, &created);
+		ex->run = runs_open(ex->cfg->runs, id, len, k->id, limit, k->mode, slack,
+				    &created);
 		if (!created)
 			atomic_fetch_sub(k->runs_opened, 1);   /* another shard opened it first */
 		if (!ex->run) {
@@ -223,6 +245,7 @@ static void collect_scopes(struct exchange *ex)
 	ex->scopes[0] = ex->run->scope;
 	ex->scope_kind[0] = "run";
 	ex->scope_name[0] = ex->run->id;
+	ex->scope_mode[0] = ex->run->mode;
 	ex->n_scopes = 1;
 	collect_key_scopes(ex);
 }
@@ -236,7 +259,7 @@ static void money(int64_t v, char *buf)
 static void refuse_budget(struct exchange *ex, int scope)
 {
 	struct budget_totals t;
-	budget_totals(ex->scopes[scope], &t);
+	budget_totals(ex->scopes[scope], &ex->client->shard->clock, &t);
 	char limit[32], committed[32], reserved[32], remaining[32], estimate[32];
 	money(t.limit, limit);
 	money(t.committed, committed);
@@ -255,6 +278,22 @@ static void refuse_budget(struct exchange *ex, int scope)
 		 remaining, estimate, ex->max_output_tokens);
 	ex->blocked_by = (uint8_t)(scope + 1);
 	reply_problem_ext(ex, 402, code, detail, extra);
+}
+
+/* actuals_only scopes allow calls until what is committed reaches the
+ * limit (their reservations never refuse). The index of the first that is
+ * spent, or -1. Sums every shard's slot, so only these scopes pay it. */
+static int actuals_spent(struct exchange *ex)
+{
+	for (int i = 0; i < ex->n_scopes; i++) {
+		if (ex->scope_mode[i] != MODE_ACTUALS_ONLY)
+			continue;
+		struct budget_totals t;
+		budget_totals(ex->scopes[i], &ex->client->shard->clock, &t);
+		if (t.committed >= t.limit)
+			return i;
+	}
+	return -1;
 }
 
 bool decide_request(struct exchange *ex, const struct json_top *top, bool embeddings)
@@ -296,11 +335,16 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	if (!open_run(ex))
 		return false;
 	collect_scopes(ex);
-	int refused = budget_reserve(ex->scopes, ex->n_scopes, (uint32_t)s->id, e.usd);
+	int refused = actuals_spent(ex);
+	uint32_t over = 0;
+	if (refused < 0)
+		refused = budget_reserve(ex->scopes, ex->n_scopes, (uint32_t)s->id, e.usd,
+					 &s->clock, &over);
 	if (refused >= 0) {
 		refuse_budget(ex, refused);
 		return false;
 	}
+	ex->over = (uint8_t)over;
 	ex->reserved_usd = e.usd;
 	ex->allowed = true;
 	ex->resp.on_body = decide_reply_body;
@@ -338,11 +382,12 @@ void decide_settle(struct exchange *ex)
 	if (!ex->allowed || ex->settled)
 		return;
 	ex->settled = true;
-	uint32_t shard = (uint32_t)ex->client->shard->id;
+	struct shard *s = ex->client->shard;
+	uint32_t shard = (uint32_t)s->id;
 	/* No reply byte, or a 502/504 we wrote ourselves because the
 	 * provider's reply was unusable: SPEC §3 releases the reservation. */
 	if (ex->resp_bytes == 0 || ex->state == EX_LOCAL) {
-		budget_release(ex->scopes, ex->n_scopes, shard, ex->reserved_usd);
+		budget_release(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, &s->clock);
 		ex->actual_usd = 0;
 		return;
 	}
@@ -362,7 +407,8 @@ void decide_settle(struct exchange *ex)
 						u.output_tokens);
 	} else if (ex->resp_complete && ex->status >= 400)
 		ex->actual_usd = 0;   /* the provider refused the call: nothing generated */
-	budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd);
+	budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd,
+		      &s->clock);
 }
 
 /* Appends to a bounded buffer; `ok` turns false on overflow. */
@@ -403,6 +449,15 @@ static void put_id(struct hdr_out *o, char prefix, uint64_t id)
 	put(o, b, (size_t)n + 2);
 }
 
+/* What X-Budget-Decision says of this exchange. */
+static const char *decision_name(const struct exchange *ex)
+{
+	if (!ex->allowed)   /* a reply made before any budget decision (the
+			     * model list) that succeeded is an allow too */
+		return ex->status < 400 ? "allow" : "block";
+	return ex->over ? "advisory_warn" : "allow";
+}
+
 size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 {
 	const struct config *cfg = ex->cfg;
@@ -414,38 +469,45 @@ size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 		put(&o, ex->run->id, ex->run->id_len);
 		put_str(&o, "\r\n");
 	}
-	/* A reply made before any budget decision (the model list) that
-	 * succeeded is an allow too. */
-	bool allow = ex->allowed || ex->status < 400;
-	put_str(&o, allow ? "X-Budget-Decision: allow\r\nX-Budget-Decision-Id: " :
-			"X-Budget-Decision: block\r\nX-Budget-Decision-Id: ");
+	put_str(&o, "X-Budget-Decision: ");
+	put_str(&o, decision_name(ex));
+	put_str(&o, "\r\nX-Budget-Decision-Id: ");
 	put_id(&o, 'd', ex->decision_id);
 	if (ex->allowed) {
 		put_str(&o, "\r\nX-Budget-Reservation-Id: ");
 		put_id(&o, 'r', ex->decision_id);
 	}
-	put_str(&o, "\r\nX-Budget-Enforcement-Mode: hard_gate\r\nX-Budget-Price-Table-Version: ");
-	put_str(&o, cfg->prices_version);
-	put_str(&o, "\r\n");
-	/* the tightest scope: least money left */
+	/* the tightest scope: least money left; its mode is the one in force,
+	 * unless a scope refused the call or let it past its limit */
 	int64_t least = INT64_MAX;
+	int tightest = -1;
 	for (int i = 0; i < ex->n_scopes; i++) {
 		struct budget_totals t;
-		budget_totals(ex->scopes[i], &t);
-		if (t.limit - t.committed - t.reserved < least)
+		budget_totals(ex->scopes[i], &ex->client->shard->clock, &t);
+		if (t.limit - t.committed - t.reserved < least) {
 			least = t.limit - t.committed - t.reserved;
+			tightest = i;
+		}
 	}
+	int in_force = ex->blocked_by ? ex->blocked_by - 1 :
+		       ex->over ? __builtin_ctz(ex->over) : tightest;
+	put_str(&o, "\r\nX-Budget-Enforcement-Mode: ");
+	put_str(&o, config_mode_name(in_force >= 0 ? ex->scope_mode[in_force] :
+				     ex->key ? ex->key->mode : MODE_HARD_GATE));
+	put_str(&o, "\r\nX-Budget-Price-Table-Version: ");
+	put_str(&o, cfg->prices_version);
+	put_str(&o, "\r\n");
 	if (ex->n_scopes) {
 		char remaining[32];
 		put_str(&o, "X-Budget-Remaining-USD: ");
 		put(&o, remaining, money_format(least, remaining, sizeof(remaining)));
 		put_str(&o, "\r\n");
 	}
-	if (ex->blocked_by) {
+	if (ex->blocked_by || ex->over) {
 		put_str(&o, "X-Budget-Blocking-Scope: ");
-		put_str(&o, ex->scope_kind[ex->blocked_by - 1]);
+		put_str(&o, ex->scope_kind[in_force]);
 		put_str(&o, ":");
-		put_str(&o, ex->scope_name[ex->blocked_by - 1]);
+		put_str(&o, ex->scope_name[in_force]);
 		put_str(&o, "\r\n");
 	}
 	return o.ok ? o.len : 0;
@@ -466,6 +528,7 @@ void decide_budget_state(struct exchange *ex)
 		ex->scopes[0] = run->scope;
 		ex->scope_kind[0] = "run";
 		ex->scope_name[0] = run->id;
+		ex->scope_mode[0] = run->mode;
 		ex->n_scopes = 1;
 	}
 	collect_key_scopes(ex);
@@ -475,18 +538,19 @@ void decide_budget_state(struct exchange *ex)
 	n += (size_t)snprintf(b, cap, "{\"key\":\"%s\",\"scopes\":[", ex->key->id);
 	for (int i = 0; i < ex->n_scopes && n + 400 < cap; i++) {
 		struct budget_totals t;
-		budget_totals(ex->scopes[i], &t);
+		budget_totals(ex->scopes[i], &ex->client->shard->clock, &t);
 		char limit[32], committed[32], reserved[32], remaining[32];
 		money(t.limit, limit);
 		money(t.committed, committed);
 		money(t.reserved, reserved);
 		money(t.limit - t.committed - t.reserved, remaining);
 		n += (size_t)snprintf(b + n, cap - n,
-			"%s{\"scope\":\"%s:%s\",\"window\":\"total\",\"mode\":\"hard_gate\","
+			"%s{\"scope\":\"%s:%s\",\"window\":\"%s\",\"mode\":\"%s\","
 			"\"limit_usd\":\"%s\",\"committed_usd\":\"%s\",\"reserved_usd\":\"%s\","
 			"\"remaining_usd\":\"%s\"}",
-			i ? "," : "", ex->scope_kind[i], ex->scope_name[i], limit, committed,
-			reserved, remaining);
+			i ? "," : "", ex->scope_kind[i], ex->scope_name[i],
+			config_window_name(ex->scopes[i]->window),
+			config_mode_name(ex->scope_mode[i]), limit, committed, reserved, remaining);
 	}
 	n += (size_t)snprintf(b + n, cap - n, "],\"prices_version\":\"%s\"}",
 			      ex->cfg->prices_version);

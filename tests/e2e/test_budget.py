@@ -1039,7 +1039,7 @@ def test_reload_keeps_spend(env):
 
 # ---------------------------------------------------------------- 7. -t
 
-def test_config_check_refuses_unenforced_budgets(env):
+def test_config_check_budget_modes_and_windows(env):
     base = make_config(free_port(), free_port(), models={"m": model("1.00", "2.00")})
     good = dict(base, teams={"t": {"budget": budget("1.00")}},
                 keys=[key("k", "sk", "t", limit="0.50")])
@@ -1067,22 +1067,28 @@ def test_config_check_refuses_unenforced_budgets(env):
             assert m, (pat, out)
             return int(m.group(1)), want[0], lines
 
+        # Every window and mode of SPEC §2 is accepted, on a team and a key.
         for where in ("team", "key"):
             for field, value in (("window", "day"), ("mode", "soft_gate"),
-                                 ("window", "month"), ("mode", "advisory_estimate")):
+                                 ("window", "month"), ("mode", "advisory_estimate"),
+                                 ("window", "run"), ("mode", "actuals_only")):
                 cfg = json.loads(json.dumps(good))
-                if where == "team":
-                    cfg["teams"]["t"]["budget"][field] = value
-                else:
-                    cfg["keys"][0]["budget"][field] = value
-                got, line, lines = bad(cfg, value, "only window: total and mode: hard_gate")
-                # reported at the "budget:" line just above the bad field
-                assert lines[got - 1].strip().startswith("budget:"), (got, lines)
-                assert got < line, (got, line)
-        # A key-level mode other than hard_gate is refused at its own line.
+                target = cfg["teams"]["t"] if where == "team" else cfg["keys"][0]
+                target["budget"][field] = value
+                p = os.path.join(tmp, "ok.yaml")
+                with open(p, "w") as f:
+                    f.write(to_yaml(cfg) + "\n")
+                rc, out = run_tollgate_check(env, p)
+                assert rc == 0, (where, field, value, out)
+        # A margin on a budget that has none is refused at the budget's line.
         cfg = json.loads(json.dumps(good))
-        cfg["keys"][0]["mode"] = "soft_gate"
-        got, line, _ = bad(cfg, "soft_gate", "only hard_gate is enforced")
+        cfg["teams"]["t"]["budget"]["soft_margin"] = "0.25"
+        got, line, lines = bad(cfg, "soft_margin", "soft_margin applies to mode: soft_gate only")
+        assert lines[got - 1].strip().startswith("budget:") and got < line, (got, lines)
+        # A key-level mode that is not a mode, at its own line.
+        cfg = json.loads(json.dumps(good))
+        cfg["keys"][0]["mode"] = "lenient"
+        got, line, _ = bad(cfg, "lenient", "'lenient' is not one of")
         assert got == line, (got, line)
         # A window that is not a window at all.
         cfg = json.loads(json.dumps(good))

@@ -110,10 +110,10 @@ static void test_errors(void)
 	expect_error("teams:\n  t:\n    budget:\n      limit: 1\n      window: fortnight\n",
 		     "window: 'fortnight' is not one of run, hour, day, week, month, total");
 	expect_error("teams:\n  t:\n    budget:\n      window: day\n", "budget: limit is required");
-	expect_error("teams:\n  t:\n    budget:\n      limit: 1\n      window: day\n",
-		     "only window: total and mode: hard_gate are enforced");
-	expect_error("teams:\n  t:\n    budget:\n      limit: 1\n      mode: soft_gate\n",
-		     "only window: total and mode: hard_gate are enforced");
+	expect_error("teams:\n  t:\n    budget:\n      limit: 1\n      soft_margin: 1\n",
+		     "soft_margin applies to mode: soft_gate only");
+	expect_error("teams:\n  t:\n    budget:\n      limit: 1\n      mode: lenient\n",
+		     "mode: 'lenient' is not one of advisory_estimate, soft_gate, hard_gate, actuals_only");
 	expect_error("keys:\n  - id: k\n    secret_sha256: abc\n    team: t\n",
 		     "secret_sha256: expected 64 hex digits");
 	expect_error("teams:\n  t:\nkeys:\n  - id: k\n    team: t\n", "id, secret_sha256 and team are required");
@@ -131,7 +131,7 @@ static void test_keys(void)
 	snprintf(yaml, sizeof(yaml), "%s%s", base,
 		 "orgs:\n  acme:\n    budget: {limit: \"100\", window: total}\n"
 		 "teams:\n  research:\n    parent: acme\n    budget:\n      limit: \"3.00\"\n"
-		 "      mode: hard_gate\n      soft_margin: \"0.10\"\n      alert_at: [0.5, 0.8]\n"
+		 "      mode: soft_gate\n      window: month\n      soft_margin: \"0.10\"\n      alert_at: [0.5, 0.8]\n"
 		 "      on_exceed: downgrade\n"
 		 "users:\n  alice:\n    parent: research\n"
 		 "keys:\n  - id: k1\n"
@@ -147,7 +147,8 @@ static void test_keys(void)
 	CHECK(cfg->n_orgs == 1 && cfg->n_teams == 1 && cfg->n_users == 1 && cfg->n_keys == 1);
 	CHECK(cfg->orgs[0].budget.window == WINDOW_TOTAL && cfg->orgs[0].budget.limit == 100000000);
 	const struct cfg_budget *tb = &cfg->teams[0].budget;
-	CHECK(tb->mode == MODE_HARD_GATE && tb->soft_margin == 100000 && tb->downgrade);
+	CHECK(tb->mode == MODE_SOFT_GATE && tb->soft_margin == 100000 && tb->downgrade);
+	CHECK(tb->window == WINDOW_MONTH);
 	CHECK(tb->n_alerts == 2 && tb->alert_ppm[0] == 500000 && tb->alert_ppm[1] == 800000);
 	CHECK(cfg->teams[0].parent == 0 && cfg->users[0].parent == 0);
 	unsigned char sha[32];

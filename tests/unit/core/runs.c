@@ -18,7 +18,7 @@ static void *opener(void *arg)
 		char id[32];
 		int n = snprintf(id, sizeof(id), "run-%d", i);
 		bool created;
-		seen[t][i] = runs_open(table, id, (size_t)n, "k", 1000, &created);
+		seen[t][i] = runs_open(table, id, (size_t)n, "k", 1000, 2, 0, &created);
 		created_count[t] += created;
 	}
 	return NULL;
@@ -47,14 +47,14 @@ int main(void)
 	CHECK(same == 500);
 
 	bool created;
-	struct run *r = runs_open(table, "run-7", 5, "other", 5, &created);
+	struct run *r = runs_open(table, "run-7", 5, "other", 5, 2, 0, &created);
 	CHECK(r && !created && !strcmp(r->key_id, "k") && r->limit == 1000);
 	/* the table refuses rather than overflows: capacity 1000 -> 2048 slots, half usable */
 	int opened = 0;
 	for (int i = 0; i < 3000; i++) {
 		char id[32];
 		int n = snprintf(id, sizeof(id), "more-%d", i);
-		opened += runs_open(table, id, (size_t)n, "k", 1, &created) != NULL;
+		opened += runs_open(table, id, (size_t)n, "k", 1, 2, 0, &created) != NULL;
 	}
 	CHECK(opened > 400 && opened < 1100);
 	runs_free(table);
