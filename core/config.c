@@ -753,6 +753,16 @@ const char *config_window_name(uint8_t window)
 	return window < ARRAY_SIZE(window_names) ? window_names[window] : "total";
 }
 
+bool config_key_allows(const struct cfg_key *k, const struct cfg_model *m)
+{
+	if (!k->n_models)
+		return true;
+	for (uint32_t i = 0; i < k->n_models; i++)
+		if (!strcmp(k->models[i], "*") || !strcmp(k->models[i], m->name))
+			return true;
+	return false;
+}
+
 int64_t config_budget_slack(uint8_t mode, int64_t soft_margin)
 {
 	switch (mode) {
@@ -1108,6 +1118,43 @@ static void validate_keys(struct loader *ld)
 	}
 }
 
+/* Names go into headers, JSON and upstream bodies as they are: 1 to 128
+ * of [A-Za-z0-9._:/@+-], nothing to escape or inject. */
+static bool plain_name(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 128)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/@+-",
+			    s[i]))
+			return false;
+	return true;
+}
+
+static void check_name(struct loader *ld, int line, const char *what, const char *name)
+{
+	if (name && !plain_name(name))
+		load_error(ld, line, "%s '%s': 1 to 128 of A-Z a-z 0-9 . _ : / @ + -", what, name);
+}
+
+static void validate_names(struct loader *ld)
+{
+	const struct config *cfg = ld->cfg;
+	for (uint32_t i = 0; i < cfg->n_models; i++) {
+		check_name(ld, cfg->models[i].line, "model", cfg->models[i].name);
+		check_name(ld, cfg->models[i].line, "upstream_model", cfg->models[i].upstream_model);
+	}
+	const struct cfg_principal *kinds[] = { cfg->orgs, cfg->teams, cfg->users };
+	const uint32_t counts[] = { cfg->n_orgs, cfg->n_teams, cfg->n_users };
+	for (int k = 0; k < 3; k++)
+		for (uint32_t i = 0; i < counts[k]; i++)
+			check_name(ld, kinds[k][i].line, "name", kinds[k][i].name);
+	for (uint32_t i = 0; i < cfg->n_keys; i++)
+		check_name(ld, cfg->keys[i].line, "keys[].id", cfg->keys[i].id);
+	check_name(ld, 1, "prices_version", cfg->prices_version);
+}
+
 static void validate(struct loader *ld)
 {
 	struct config *cfg = ld->cfg;
@@ -1133,6 +1180,7 @@ static void validate(struct loader *ld)
 		if (cfg->orgs[i].parent_name)
 			load_error(ld, cfg->orgs[i].line, "orgs.%s: an org has no parent", cfg->orgs[i].name);
 	validate_keys(ld);
+	validate_names(ld);
 	for (uint32_t i = 0; i < cfg->n_models; i++) {
 		const struct cfg_model *m = &cfg->models[i];
 		for (uint32_t a = 0; a < m->n_alternatives; a++)

@@ -25,6 +25,9 @@ const struct cfg_model *config_find_model(const struct config *cfg,
 /* The key whose secret hashes to sha256[0..32), or NULL. */
 const struct cfg_key *config_find_key(const struct config *cfg, const unsigned char *sha256);
 
+/* Whether key k may call model m (its `models` list; "*" or empty: all). */
+bool config_key_allows(const struct cfg_key *k, const struct cfg_model *m);
+
 /* "hour", "hard_gate", ...: the config names of enum budget_window and
  * enum budget_mode. */
 const char *config_window_name(uint8_t window);

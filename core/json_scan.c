@@ -129,7 +129,11 @@ static long scan_container(struct scan *s, size_t i, struct json_top *top)
 			long k = scan_string(s, i, &esc);
 			if (k < 0)
 				return -1;
-			if (top && !esc) {
+			/* A top-level key spelled with escapes ("mod\u0065l") would
+			 * be one key to the provider and another to us. */
+			if (top && esc)
+				return -1;
+			if (top) {
 				const char *name = s->p + i + 1;
 				size_t nlen = (size_t)k - i - 2;
 #define FIELD(str, member) \
@@ -139,6 +143,9 @@ static long scan_container(struct scan *s, size_t i, struct json_top *top)
 				else FIELD("max_tokens", max_tokens);
 				else FIELD("max_completion_tokens", max_completion_tokens);
 				else FIELD("stream_options", stream_options);
+				else FIELD("tools", tools);
+				else FIELD("functions", functions);
+				else FIELD("response_format", response_format);
 #undef FIELD
 				if (field && field->present)
 					return -1;   /* duplicate key we act on */

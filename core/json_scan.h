@@ -28,6 +28,9 @@ struct json_top {
 	struct json_span max_tokens; /* number */
 	struct json_span max_completion_tokens;
 	struct json_span stream_options;  /* object, raw */
+	struct json_span tools;           /* raw: the call needs tool support */
+	struct json_span functions;       /* raw: legacy OpenAI tools */
+	struct json_span response_format; /* raw: json_schema inside needs it */
 	uint32_t end_of_object;      /* offset of the final '}' */
 };
 
@@ -36,7 +39,8 @@ struct json_top {
  * -EINVAL when it is not valid JSON or not an object, -E2BIG when nested
  * deeper than JSON_MAX_DEPTH. A duplicate top-level key of interest is
  * -EINVAL too: two "model"s must not mean one thing to us and another to
- * the provider.
+ * the provider. For the same reason a top-level key written with escapes
+ * is -EINVAL.
  */
 int json_scan_top(const char *buf, size_t len, struct json_top *out);
 

@@ -156,6 +156,9 @@ struct exchange {
 	uint8_t scope_mode[EX_MAX_SCOPES];        /* enum budget_mode */
 	uint8_t n_scopes;
 	uint8_t over;             /* bit i: scope i reserved past its limit (soft/advisory) */
+	uint8_t scope_downgrade;  /* bit i: scope i's budget says on_exceed: downgrade */
+	bool clamped;             /* the agent's max_tokens is above what we allow */
+	const struct cfg_model *requested_model; /* on downgrade: what the agent asked for */
 	uint8_t blocked_by;       /* 1 + index of the scope that refused; 0: none */
 	bool allowed;             /* authenticated and reserved */
 	bool settled;             /* the reservation was committed or released */

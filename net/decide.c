@@ -33,6 +33,7 @@
 #include "core/runs.h"
 #include "core/shard.h"
 #include "core/usage.h"
+#include "net/alternatives.h"
 #include "net/http1.h"
 #include "net/proxy.h"
 
@@ -70,16 +71,6 @@ static const struct cfg_key *authenticate(struct client *c, const struct config 
 	return key;
 }
 
-static bool key_allows(const struct cfg_key *k, const struct cfg_model *m)
-{
-	if (!k->n_models)
-		return true;
-	for (uint32_t i = 0; i < k->n_models; i++)
-		if (!strcmp(k->models[i], "*") || !strcmp(k->models[i], m->name))
-			return true;
-	return false;
-}
-
 /* A JSON integer in [0, 1e9] from a top-level span; false if malformed. */
 static bool read_count(const char *body, struct json_span sp, uint64_t *out)
 {
@@ -111,6 +102,7 @@ static void add_scope(struct exchange *ex, const struct cfg_budget *b, const cha
 	ex->scope_kind[ex->n_scopes] = kind;
 	ex->scope_name[ex->n_scopes] = name;
 	ex->scope_mode[ex->n_scopes] = b->mode;
+	ex->scope_downgrade |= (uint8_t)(b->downgrade << ex->n_scopes);
 	ex->n_scopes++;
 }
 
@@ -255,8 +247,28 @@ static void money(int64_t v, char *buf)
 	money_format(v, buf, 32);
 }
 
-/* 402 naming the scope that could not cover the estimate. */
-static void refuse_budget(struct exchange *ex, int scope)
+/* What a refusal needs to list alternatives. */
+struct call_shape {
+	const struct json_top *top;
+	uint64_t client_cap;
+	bool embeddings;
+};
+
+/* The least any scope of the call has left. */
+static int64_t least_remaining(const struct exchange *ex)
+{
+	int64_t least = INT64_MAX;
+	for (int i = 0; i < ex->n_scopes; i++) {
+		struct budget_totals t;
+		budget_totals(ex->scopes[i], &ex->client->shard->clock, &t);
+		least = MIN(least, t.limit - t.committed - t.reserved);
+	}
+	return least;
+}
+
+/* 402 naming the scope that could not cover the estimate, with the
+ * alternatives that could serve the call. */
+static void refuse_budget(struct exchange *ex, int scope, const struct call_shape *shape)
 {
 	struct budget_totals t;
 	budget_totals(ex->scopes[scope], &ex->client->shard->clock, &t);
@@ -266,16 +278,21 @@ static void refuse_budget(struct exchange *ex, int scope)
 	money(t.reserved, reserved);
 	money(t.limit - t.committed - t.reserved, remaining);
 	money(ex->estimate_usd, estimate);
-	char code[32], detail[160], extra[700];
+	struct alternative alts[ALT_MAX];
+	int n = alternatives_find(ex, alternatives_needs(ex->body, ex->body_len, shape->top),
+				  shape->client_cap, shape->embeddings, alts);
+	char alt_json[1800];
+	alternatives_json(alts, n, least_remaining(ex), alt_json, sizeof(alt_json));
+	char code[32], detail[160], extra[2600];
 	snprintf(code, sizeof(code), "%s_ceiling_reached", ex->scope_kind[scope]);
 	snprintf(detail, sizeof(detail), "the call's worst case ($%s) does not fit the %s budget",
 		 estimate, ex->scope_kind[scope]);
 	snprintf(extra, sizeof(extra),
 		 ",\"budget\":{\"scope\":\"%s:%s\",\"run_id\":\"%s\",\"limit_usd\":\"%s\","
 		 "\"committed_usd\":\"%s\",\"reserved_usd\":\"%s\",\"remaining_usd\":\"%s\","
-		 "\"estimate_usd\":\"%s\",\"effective_max_output_tokens\":%u},\"alternatives\":[]",
+		 "\"estimate_usd\":\"%s\",\"effective_max_output_tokens\":%u},\"alternatives\":%s",
 		 ex->scope_kind[scope], ex->scope_name[scope], ex->run->id, limit, committed, reserved,
-		 remaining, estimate, ex->max_output_tokens);
+		 remaining, estimate, ex->max_output_tokens, alt_json);
 	ex->blocked_by = (uint8_t)(scope + 1);
 	reply_problem_ext(ex, 402, code, detail, extra);
 }
@@ -296,16 +313,67 @@ static int actuals_spent(struct exchange *ex)
 	return -1;
 }
 
+/* Reserves `amount` on every scope of the call, or refuses: the index of
+ * the scope that could not take it, or -1 with the reservation made. */
+static int reserve(struct exchange *ex, int64_t amount)
+{
+	struct shard *s = ex->client->shard;
+	int refused = actuals_spent(ex);
+	uint32_t over = 0;
+	if (refused < 0)
+		refused = budget_reserve(ex->scopes, ex->n_scopes, (uint32_t)s->id, amount,
+					 &s->clock, &over);
+	if (refused >= 0)
+		return refused;
+	ex->over = (uint8_t)over;
+	ex->reserved_usd = amount;
+	return -1;
+}
+
+/* The agent said X-Budget-Downgrade: allow, or the refusing scope's
+ * budget says on_exceed: downgrade. */
+static bool wants_downgrade(const struct exchange *ex, int refused)
+{
+	uint32_t len;
+	const char *v = http1_field(&ex->req.head, "x-budget-downgrade", &len);
+	if (v && len == 5 && !strncasecmp(v, "allow", 5))
+		return true;
+	return ex->scope_downgrade & (1u << refused);
+}
+
+/*
+ * Switches the call to the first alternative, in configured order of
+ * preference, whose worst case can be reserved. The upstream body then
+ * names it (proxy.c) and the headers say what was asked and what is used.
+ */
+static bool downgrade(struct exchange *ex, const struct call_shape *shape)
+{
+	struct alternative alts[ALT_MAX];
+	uint32_t needs = alternatives_needs(ex->body, ex->body_len, shape->top);
+	int n = alternatives_find(ex, needs, shape->client_cap, shape->embeddings, alts);
+	for (int i = 0; i < n; i++) {
+		if (reserve(ex, alts[i].estimate_usd) >= 0)
+			continue;
+		ex->requested_model = ex->model;
+		ex->model = alts[i].model;
+		ex->provider = alts[i].model->provider;
+		ex->estimate_usd = alts[i].estimate_usd;
+		ex->max_output_tokens = alts[i].max_output_tokens;
+		ex->clamped = !shape->embeddings && shape->client_cap > ex->max_output_tokens;
+		return true;
+	}
+	return false;
+}
+
 bool decide_request(struct exchange *ex, const struct json_top *top, bool embeddings)
 {
 	const struct config *cfg = ex->cfg;
-	struct shard *s = ex->client->shard;
 	if (!cfg->n_keys)
 		return true;     /* relay-only configuration (warned at start) */
 
 	if (!authenticate_agent(ex))
 		return false;
-	if (!key_allows(ex->key, ex->model)) {
+	if (!config_key_allows(ex->key, ex->model)) {
 		reply_problem(ex, 403, "model_not_allowed", "this key may not use this model");
 		return false;
 	}
@@ -332,20 +400,18 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	struct estimate e;
 	pricing_estimate(ex->model, ex->body_len, ex->max_output_tokens, &e);
 	ex->estimate_usd = e.usd;
+	ex->clamped = !embeddings && client_cap > ex->max_output_tokens;
 	if (!open_run(ex))
 		return false;
 	collect_scopes(ex);
-	int refused = actuals_spent(ex);
-	uint32_t over = 0;
-	if (refused < 0)
-		refused = budget_reserve(ex->scopes, ex->n_scopes, (uint32_t)s->id, e.usd,
-					 &s->clock, &over);
+	int refused = reserve(ex, e.usd);
 	if (refused >= 0) {
-		refuse_budget(ex, refused);
-		return false;
+		struct call_shape shape = { top, client_cap, embeddings };
+		if (!wants_downgrade(ex, refused) || !downgrade(ex, &shape)) {
+			refuse_budget(ex, refused, &shape);
+			return false;
+		}
 	}
-	ex->over = (uint8_t)over;
-	ex->reserved_usd = e.usd;
 	ex->allowed = true;
 	ex->resp.on_body = decide_reply_body;
 	return true;
@@ -455,7 +521,7 @@ static const char *decision_name(const struct exchange *ex)
 	if (!ex->allowed)   /* a reply made before any budget decision (the
 			     * model list) that succeeded is an allow too */
 		return ex->status < 400 ? "allow" : "block";
-	return ex->over ? "advisory_warn" : "allow";
+	return ex->requested_model ? "downgrade" : ex->over ? "advisory_warn" : "allow";
 }
 
 size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
@@ -501,6 +567,19 @@ size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
 		char remaining[32];
 		put_str(&o, "X-Budget-Remaining-USD: ");
 		put(&o, remaining, money_format(least, remaining, sizeof(remaining)));
+		put_str(&o, "\r\n");
+	}
+	if (ex->requested_model) {
+		put_str(&o, "X-Budget-Requested-Model: ");
+		put_str(&o, ex->requested_model->name);
+		put_str(&o, "\r\nX-Budget-Selected-Model: ");
+		put_str(&o, ex->model->name);
+		put_str(&o, "\r\n");
+	}
+	if (ex->clamped && ex->allowed) {
+		char n[16];
+		put_str(&o, "X-Budget-Output-Clamped: ");
+		put(&o, n, (size_t)snprintf(n, sizeof(n), "%u", ex->max_output_tokens));
 		put_str(&o, "\r\n");
 	}
 	if (ex->blocked_by || ex->over) {

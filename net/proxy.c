@@ -326,10 +326,13 @@ static bool out_fields(struct exchange *ex, const struct http_head *h,
 }
 
 /* The body as sent upstream: the model name swapped for upstream_model
- * when the config maps it. Fills iov[0..), returns the count. */
+ * when the config maps it, or for the alternative a downgrade chose.
+ * Fills iov[0..), returns the count. */
 static int body_iov(struct exchange *ex, const struct json_top *top, struct iovec *iov)
 {
 	const char *m = ex->model->upstream_model;
+	if (!m && ex->requested_model)
+		m = ex->model->name;
 	if (!m) {
 		iov[0] = (struct iovec){ ex->body, ex->body_len };
 		return ex->body_len ? 1 : 0;
