@@ -5,6 +5,8 @@
 #include "core/budget_book.h"
 
 #include "core/config.h"
+#include "core/decisions.h"
+#include "core/idempotency.h"
 #include "core/runs.h"
 
 #include <errno.h>
@@ -28,11 +30,14 @@ struct book_entry {
 };
 
 #define BOOK_MAX_RUNS 65536
+#define BOOK_IDEMPOTENCY_KEYS (1u << 18)
 
 struct budget_book {
 	uint32_t n_shards;
 	struct book_entry *entries;
 	struct run_table *runs;
+	struct decision_log *decisions;
+	struct idem_table *idem;
 };
 
 struct budget_book *budget_book_new(uint32_t n_shards)
@@ -42,8 +47,10 @@ struct budget_book *budget_book_new(uint32_t n_shards)
 		return NULL;
 	b->n_shards = n_shards;
 	b->runs = runs_new(BOOK_MAX_RUNS, n_shards);
-	if (!b->runs) {
-		free(b);
+	b->decisions = decisions_new(n_shards);
+	b->idem = idem_new(BOOK_IDEMPOTENCY_KEYS);
+	if (!b->runs || !b->decisions || !b->idem) {
+		budget_book_free(b);
 		return NULL;
 	}
 	return b;
@@ -54,6 +61,8 @@ void budget_book_free(struct budget_book *b)
 	if (!b)
 		return;
 	runs_free(b->runs);
+	decisions_free(b->decisions);
+	idem_free(b->idem);
 	for (struct book_entry *e = b->entries, *next; e; e = next) {
 		next = e->next;
 		budget_scope_free(e->scope);
@@ -132,6 +141,8 @@ int budget_book_bind(struct budget_book *b, struct config *cfg)
 {
 	int rc = 0;
 	cfg->runs = b->runs;
+	cfg->decisions = b->decisions;
+	cfg->idem = b->idem;
 	for (uint32_t i = 0; i < cfg->n_orgs && !rc; i++)
 		rc = bind_budget(b, KIND_ORG, cfg->orgs[i].name, &cfg->orgs[i].budget);
 	for (uint32_t i = 0; i < cfg->n_teams && !rc; i++)

@@ -30,6 +30,7 @@ struct loader {
 	int n_errors;
 	struct config *cfg;
 	struct arena *arena;
+	int prices_version_line;
 };
 
 static int node_line(struct fy_node *n)
@@ -604,7 +605,13 @@ static int model_alternatives(struct loader *ld, struct fy_node *k,
 			      struct fy_node *v, void *obj)
 {
 	struct cfg_model *m = obj;
-	return read_str_list(ld, k, v, &m->alternatives, &m->n_alternatives);
+	if (read_str_list(ld, k, v, &m->alternatives, &m->n_alternatives))
+		return -EINVAL;
+	if (m->n_alternatives > CFG_MAX_ALTERNATIVES) {
+		load_error(ld, node_line(k), "alternatives: at most %d", CFG_MAX_ALTERNATIVES);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 static const struct field model_fields[] = {
@@ -939,6 +946,7 @@ static int section_keys(struct loader *ld, struct fy_node *k, struct fy_node *v,
 static int top_str(struct loader *ld, struct fy_node *k, struct fy_node *v,
 		   void *obj)
 {
+	ld->prices_version_line = node_line(k);
 	return read_str(ld, k, v, &ld->cfg->prices_version);
 }
 
@@ -1118,12 +1126,12 @@ static void validate_keys(struct loader *ld)
 	}
 }
 
-/* Names go into headers, JSON and upstream bodies as they are: 1 to 128
+/* Names go into headers, JSON and upstream bodies as they are: 1 to max
  * of [A-Za-z0-9._:/@+-], nothing to escape or inject. */
-static bool plain_name(const char *s)
+static bool plain_name(const char *s, size_t max)
 {
 	size_t n = strlen(s);
-	if (n == 0 || n > 128)
+	if (n == 0 || n > max)
 		return false;
 	for (size_t i = 0; i < n; i++)
 		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/@+-",
@@ -1132,27 +1140,30 @@ static bool plain_name(const char *s)
 	return true;
 }
 
-static void check_name(struct loader *ld, int line, const char *what, const char *name)
+static void check_name(struct loader *ld, int line, const char *what, const char *name,
+		       size_t max)
 {
-	if (name && !plain_name(name))
-		load_error(ld, line, "%s '%s': 1 to 128 of A-Z a-z 0-9 . _ : / @ + -", what, name);
+	if (name && !plain_name(name, max))
+		load_error(ld, line, "%s '%s': 1 to %zu of A-Z a-z 0-9 . _ : / @ + -", what, name,
+			   max);
 }
 
 static void validate_names(struct loader *ld)
 {
 	const struct config *cfg = ld->cfg;
 	for (uint32_t i = 0; i < cfg->n_models; i++) {
-		check_name(ld, cfg->models[i].line, "model", cfg->models[i].name);
-		check_name(ld, cfg->models[i].line, "upstream_model", cfg->models[i].upstream_model);
+		check_name(ld, cfg->models[i].line, "model", cfg->models[i].name, 64);
+		check_name(ld, cfg->models[i].line, "upstream_model", cfg->models[i].upstream_model,
+			   128);
 	}
 	const struct cfg_principal *kinds[] = { cfg->orgs, cfg->teams, cfg->users };
 	const uint32_t counts[] = { cfg->n_orgs, cfg->n_teams, cfg->n_users };
 	for (int k = 0; k < 3; k++)
 		for (uint32_t i = 0; i < counts[k]; i++)
-			check_name(ld, kinds[k][i].line, "name", kinds[k][i].name);
+			check_name(ld, kinds[k][i].line, "name", kinds[k][i].name, 128);
 	for (uint32_t i = 0; i < cfg->n_keys; i++)
-		check_name(ld, cfg->keys[i].line, "keys[].id", cfg->keys[i].id);
-	check_name(ld, 1, "prices_version", cfg->prices_version);
+		check_name(ld, cfg->keys[i].line, "keys[].id", cfg->keys[i].id, 64);
+	check_name(ld, ld->prices_version_line, "prices_version", cfg->prices_version, 64);
 }
 
 static void validate(struct loader *ld)

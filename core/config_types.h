@@ -19,6 +19,8 @@
 struct arena;
 struct budget_scope;
 struct run_table;
+struct decision_log;
+struct idem_table;
 
 /* A socket address parsed from "host:port" or "[v6]:port". */
 struct cfg_addr {
@@ -87,6 +89,7 @@ enum budget_mode {
 };
 
 #define CFG_MAX_ALERTS 8
+#define CFG_MAX_ALTERNATIVES 8
 
 /* A `budget:` block on any scope. */
 struct cfg_budget {
@@ -173,6 +176,8 @@ struct config {
 	struct cfg_key *keys;
 	uint32_t n_keys;
 	struct run_table *runs;      /* live runs, shared by generations (budget_book) */
+	struct decision_log *decisions; /* recent decisions of every shard (budget_book) */
+	struct idem_table *idem;     /* idempotency keys (budget_book) */
 	uint32_t *key_index;         /* open-addressing hash of secret_sha256 */
 	uint32_t key_index_mask;
 	uint64_t generation;         /* 1, 2, ... per reload */

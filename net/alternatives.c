@@ -17,9 +17,37 @@
 #include "core/money.h"
 #include "core/pricing.h"
 
+/* Whether needle's character c matches at p: as itself or as the JSON
+ * escape \u00XX a provider would decode to it. Returns the bytes it took. */
+static size_t match_char(const char *p, size_t left, char c)
+{
+	static const char hex[] = "0123456789abcdef";
+	if (left >= 1 && *p == c)
+		return 1;
+	if (left >= 6 && p[0] == '\\' && p[1] == 'u' && p[2] == '0' && p[3] == '0' &&
+	    (p[4] | 0x20) == hex[(unsigned char)c >> 4] && (p[5] | 0x20) == hex[c & 15])
+		return 6;
+	return 0;
+}
+
+/* Whether body holds needle, any of its characters possibly escaped:
+ * capabilities must be seen as the provider will see them. Runs only on
+ * a refusal, so a plain scan is enough. */
 static bool contains(const char *body, size_t len, const char *needle)
 {
-	return memmem(body, len, needle, strlen(needle)) != NULL;
+	for (size_t i = 0; i < len; i++) {
+		size_t at = i;
+		const char *n = needle;
+		for (; *n; n++) {
+			size_t took = match_char(body + at, len - at, *n);
+			if (!took)
+				break;
+			at += took;
+		}
+		if (!*n)
+			return true;
+	}
+	return false;
 }
 
 uint32_t alternatives_needs(const char *body, size_t len, const struct json_top *top)

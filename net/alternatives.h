@@ -9,10 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/config_types.h"
 #include "core/json_scan.h"
 #include "net/conn_types.h"
 
-#define ALT_MAX 6
+#define ALT_MAX CFG_MAX_ALTERNATIVES
 
 struct alternative {
 	const struct cfg_model *model;

@@ -159,6 +159,15 @@ struct exchange {
 	uint8_t scope_downgrade;  /* bit i: scope i's budget says on_exceed: downgrade */
 	bool clamped;             /* the agent's max_tokens is above what we allow */
 	const struct cfg_model *requested_model; /* on downgrade: what the agent asked for */
+	const char *tags;         /* X-Budget-Tags, validated (in req head) */
+	uint32_t tags_len;
+	uint32_t idem_slot;       /* X-Budget-Idempotency-Key's table slot */
+	bool idem_claimed;        /* this call claimed it: finish it at the end */
+	bool replayed;            /* the reply repeats an earlier decision: no record */
+	uint8_t replay_kind;      /* 1 + enum decision_kind of that decision; 0: none */
+	uint8_t outcome;          /* enum decision_outcome, set when settled */
+	uint8_t mode_in_force;    /* enum budget_mode, as X-Budget-Enforcement-Mode said */
+	char problem_code[40];    /* code of the problem we answered with */
 	uint8_t blocked_by;       /* 1 + index of the scope that refused; 0: none */
 	bool allowed;             /* authenticated and reserved */
 	bool settled;             /* the reservation was committed or released */

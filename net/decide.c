@@ -1,6 +1,5 @@
 /*
- * decide.c — authenticate, price and reserve before forwarding; settle
- * after (SPEC §3–§4).
+ * decide.c — authenticate, price and reserve before forwarding (SPEC §3–§4).
  *
  * With `keys` configured every agent call must present a key (Bearer or
  * x-api-key), stored only as its SHA-256, and belongs to a run (X-Run-Id,
@@ -11,14 +10,7 @@
  * could not cover it. Nothing here fails open: an unpriced model, a
  * missing cap or an unreadable max_tokens is a refusal, never a free call.
  *
- * When the reply is complete the reservation becomes a spend: the
- * provider's usage priced exactly (an Anthropic stream's input count comes
- * from message_start, its output from message_delta; a count missing from
- * the reply's last 2 KiB is charged at its reserved worst case), or the
- * whole reservation if the reply carried no usage. A partial reply (reset,
- * timeout, agent gone) spends the whole reservation, since tokens were
- * generated; streaming replies are charged the same way until stream
- * metering lands. A call that got no reply byte releases everything.
+ * Settling the call is net/settle.c's; what agents are told, net/budget_api.c's.
  */
 #include "net/decide.h"
 
@@ -29,10 +21,13 @@
 
 #include "core/budget.h"
 #include "core/config.h"
+#include "core/decisions.h"
+#include "core/idempotency.h"
+#include "core/log.h"
 #include "core/pricing.h"
 #include "core/runs.h"
 #include "core/shard.h"
-#include "core/usage.h"
+#include "core/tags.h"
 #include "net/alternatives.h"
 #include "net/http1.h"
 #include "net/proxy.h"
@@ -204,8 +199,7 @@ static bool open_run(struct exchange *ex)
 	return true;
 }
 
-/* Sets ex->key from the request's credentials, or answers 401. */
-static bool authenticate_agent(struct exchange *ex)
+bool decide_authenticate(struct exchange *ex)
 {
 	uint32_t len;
 	const char *secret = agent_secret(&ex->req.head, &len);
@@ -217,9 +211,7 @@ static bool authenticate_agent(struct exchange *ex)
 	return true;
 }
 
-/* The key's scopes (key, user, team, org) that have a budget, after any
- * already in ex->scopes. */
-static void collect_key_scopes(struct exchange *ex)
+void decide_key_scopes(struct exchange *ex)
 {
 	const struct config *cfg = ex->cfg;
 	const struct cfg_key *k = ex->key;
@@ -239,12 +231,7 @@ static void collect_scopes(struct exchange *ex)
 	ex->scope_name[0] = ex->run->id;
 	ex->scope_mode[0] = ex->run->mode;
 	ex->n_scopes = 1;
-	collect_key_scopes(ex);
-}
-
-static void money(int64_t v, char *buf)
-{
-	money_format(v, buf, 32);
+	decide_key_scopes(ex);
 }
 
 /* What a refusal needs to list alternatives. */
@@ -273,17 +260,17 @@ static void refuse_budget(struct exchange *ex, int scope, const struct call_shap
 	struct budget_totals t;
 	budget_totals(ex->scopes[scope], &ex->client->shard->clock, &t);
 	char limit[32], committed[32], reserved[32], remaining[32], estimate[32];
-	money(t.limit, limit);
-	money(t.committed, committed);
-	money(t.reserved, reserved);
-	money(t.limit - t.committed - t.reserved, remaining);
-	money(ex->estimate_usd, estimate);
+	money_format(t.limit, limit, sizeof(limit));
+	money_format(t.committed, committed, sizeof(committed));
+	money_format(t.reserved, reserved, sizeof(reserved));
+	money_format(t.limit - t.committed - t.reserved, remaining, sizeof(remaining));
+	money_format(ex->estimate_usd, estimate, sizeof(estimate));
 	struct alternative alts[ALT_MAX];
 	int n = alternatives_find(ex, alternatives_needs(ex->body, ex->body_len, shape->top),
 				  shape->client_cap, shape->embeddings, alts);
-	char alt_json[1800];
+	char alt_json[2400];
 	alternatives_json(alts, n, least_remaining(ex), alt_json, sizeof(alt_json));
-	char code[32], detail[160], extra[2600];
+	char code[32], detail[160], extra[3200];
 	snprintf(code, sizeof(code), "%s_ceiling_reached", ex->scope_kind[scope]);
 	snprintf(detail, sizeof(detail), "the call's worst case ($%s) does not fit the %s budget",
 		 estimate, ex->scope_kind[scope]);
@@ -365,13 +352,110 @@ static bool downgrade(struct exchange *ex, const struct call_shape *shape)
 	return false;
 }
 
+/* X-Budget-Tags, checked and kept for the decision record. */
+static bool read_tags(struct exchange *ex)
+{
+	uint32_t len;
+	const char *v = http1_field(&ex->req.head, "x-budget-tags", &len);
+	if (!v)
+		return true;
+	if (!tags_valid(v, len)) {
+		reply_problem(ex, 400, "invalid_request",
+			      "X-Budget-Tags: up to 16 k=v pairs, keys [a-z0-9_.-], values "
+			      "[A-Za-z0-9_.:/@+-], 256 bytes in all");
+		return false;
+	}
+	ex->tags = v;
+	ex->tags_len = len;
+	return true;
+}
+
+/* Answers a retry with the decision of the first call that used its
+ * idempotency key (rec: that decision, NULL if no longer in memory). */
+static void replay(struct exchange *ex, uint64_t first, const struct decision_rec *rec)
+{
+	ex->replayed = true;
+	ex->decision_id = first;
+	if (rec && rec->kind == DECISION_BLOCK) {
+		ex->replay_kind = 1 + DECISION_BLOCK;
+		reply_problem(ex, rec->status, rec->code,
+			      "replayed: the first call with this idempotency key was refused");
+		return;
+	}
+	if (!rec) {
+		reply_problem(ex, 409, "idempotency_key_reused",
+			      "the first call with this idempotency key has ended");
+		return;
+	}
+	ex->replay_kind = (uint8_t)(1 + rec->kind);
+	char actual[32], extra[200];
+	money_format(rec->actual_usd, actual, sizeof(actual));
+	snprintf(extra, sizeof(extra), ",\"first_call\":{\"status\":%u,\"actual_usd\":\"%s\"}",
+		 rec->status, actual);
+	reply_problem_ext(ex, 409, "idempotency_key_reused",
+			  "the first call with this idempotency key was forwarded and has ended: "
+			  "see its decision", extra);
+}
+
+/*
+ * X-Budget-Idempotency-Key: the first call with a key (per agent key)
+ * claims it; a retry while it runs is refused, and one after it ended gets
+ * its decision back, except that a call that got no reply at all (released
+ * whole, charged nothing) may be retried for real. Never two reservations.
+ */
+static bool check_idempotency(struct exchange *ex)
+{
+	uint32_t len;
+	const char *v = http1_field(&ex->req.head, "x-budget-idempotency-key", &len);
+	if (!v)
+		return true;
+	if (!idem_valid_key(v, len)) {
+		reply_problem(ex, 400, "invalid_request",
+			      "X-Budget-Idempotency-Key: 1 to 128 visible ASCII characters");
+		return false;
+	}
+	struct shard *s = ex->client->shard;
+	const struct config *cfg = ex->cfg;
+	uint64_t first = 0;
+	uint32_t slot = 0;
+	struct decision_rec rec;
+	bool known;
+	switch (idem_claim(cfg->idem, idem_hash(ex->key->id, v, len), ex->decision_id,
+			   s->clock.now_s, &slot, &first)) {
+	case IDEM_NEW:
+		break;
+	case IDEM_FULL:
+		log_error("idempotency table full: refusing key %s's call", ex->key->id);
+		reply_problem(ex, 503, "idempotency_unavailable",
+			      "no room to remember this idempotency key; retry later");
+		return false;
+	case IDEM_IN_FLIGHT:
+		ex->replayed = true;
+		ex->decision_id = first;
+		reply_problem(ex, 409, "idempotency_in_flight",
+			      "the first call with this idempotency key is still running");
+		return false;
+	case IDEM_DONE:
+		known = decisions_get(cfg->decisions, first, &rec);
+		if (!known || rec.outcome != OUTCOME_RELEASED ||
+		    !idem_retake(cfg->idem, slot, first, ex->decision_id, s->clock.now_s)) {
+			replay(ex, first, known ? &rec : NULL);
+			return false;
+		}
+		break;
+	}
+	ex->idem_slot = slot;
+	ex->idem_claimed = true;
+	return true;
+}
+
 bool decide_request(struct exchange *ex, const struct json_top *top, bool embeddings)
 {
 	const struct config *cfg = ex->cfg;
 	if (!cfg->n_keys)
 		return true;     /* relay-only configuration (warned at start) */
 
-	if (!authenticate_agent(ex))
+	if (!decide_authenticate(ex) || !read_tags(ex) || !check_idempotency(ex))
 		return false;
 	if (!config_key_allows(ex->key, ex->model)) {
 		reply_problem(ex, 403, "model_not_allowed", "this key may not use this model");
@@ -415,223 +499,4 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	ex->allowed = true;
 	ex->resp.on_body = decide_reply_body;
 	return true;
-}
-
-/*
- * Keeps at least the last EX_USAGE_TAIL bytes of the reply body in a
- * buffer twice that size: bytes are appended, and only when the buffer is
- * full are the last EX_USAGE_TAIL of them moved to its front. A stream of
- * small events thus costs about one copy per byte, not one per event.
- */
-int decide_reply_body(struct http_msg *m, const char *data, size_t len)
-{
-	struct exchange *ex = m->owner;
-	if (len >= EX_USAGE_TAIL) {
-		memcpy(ex->tail, data + len - EX_USAGE_TAIL, EX_USAGE_TAIL);
-		ex->tail_start = 0;
-		ex->tail_len = EX_USAGE_TAIL;
-		return 0;
-	}
-	if (ex->tail_start + ex->tail_len + len > sizeof(ex->tail)) {
-		uint32_t keep = MIN(ex->tail_len, (uint32_t)(EX_USAGE_TAIL - len));
-		memmove(ex->tail, ex->tail + ex->tail_start + ex->tail_len - keep, keep);
-		ex->tail_start = 0;
-		ex->tail_len = keep;
-	}
-	memcpy(ex->tail + ex->tail_start + ex->tail_len, data, len);
-	ex->tail_len += (uint32_t)len;
-	return 0;
-}
-
-void decide_settle(struct exchange *ex)
-{
-	if (!ex->allowed || ex->settled)
-		return;
-	ex->settled = true;
-	struct shard *s = ex->client->shard;
-	uint32_t shard = (uint32_t)s->id;
-	/* No reply byte, or a 502/504 we wrote ourselves because the
-	 * provider's reply was unusable: SPEC §3 releases the reservation. */
-	if (ex->resp_bytes == 0 || ex->state == EX_LOCAL) {
-		budget_release(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, &s->clock);
-		ex->actual_usd = 0;
-		return;
-	}
-	struct usage u;
-	ex->actual_usd = ex->reserved_usd;
-	if (ex->resp_complete && ex->status < 300 && usage_parse(ex->tail + ex->tail_start, ex->tail_len, &u)) {
-		/* A count the reply did not carry (an Anthropic stream whose
-		 * message_start left the tail) is charged at what was reserved
-		 * for it, never as zero. */
-		if (!u.has_input) {
-			u.input_tokens = pricing_input_bound(ex->body_len);
-			u.cached_tokens = 0;
-		}
-		if (!u.has_output)
-			u.output_tokens = ex->max_output_tokens;
-		ex->actual_usd = pricing_actual(ex->model, u.input_tokens, u.cached_tokens,
-						u.output_tokens);
-	} else if (ex->resp_complete && ex->status >= 400)
-		ex->actual_usd = 0;   /* the provider refused the call: nothing generated */
-	budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd,
-		      &s->clock);
-}
-
-/* Appends to a bounded buffer; `ok` turns false on overflow. */
-struct hdr_out {
-	char *p;
-	size_t len, cap;
-	bool ok;
-};
-
-static void put(struct hdr_out *o, const char *s, size_t n)
-{
-	if (!o->ok || o->len + n > o->cap) {
-		o->ok = false;
-		return;
-	}
-	memcpy(o->p + o->len, s, n);
-	o->len += n;
-}
-
-static void put_str(struct hdr_out *o, const char *s)
-{
-	put(o, s, strlen(s));
-}
-
-/* prefix-<hex>, at least 12 digits (as %012llx): the shard id sits in
- * bits 48 and up, so ids of different shards never collide. */
-static void put_id(struct hdr_out *o, char prefix, uint64_t id)
-{
-	static const char hex[] = "0123456789abcdef";
-	char b[18];
-	int n = 12;
-	while (n < 16 && id >> (4 * n))
-		n++;
-	b[0] = prefix;
-	b[1] = '-';
-	for (int i = 0; i < n; i++)
-		b[1 + n - i] = hex[(id >> (4 * i)) & 15];
-	put(o, b, (size_t)n + 2);
-}
-
-/* What X-Budget-Decision says of this exchange. */
-static const char *decision_name(const struct exchange *ex)
-{
-	if (!ex->allowed)   /* a reply made before any budget decision (the
-			     * model list) that succeeded is an allow too */
-		return ex->status < 400 ? "allow" : "block";
-	return ex->requested_model ? "downgrade" : ex->over ? "advisory_warn" : "allow";
-}
-
-size_t decide_headers(const struct exchange *ex, char *out, size_t cap)
-{
-	const struct config *cfg = ex->cfg;
-	if (!cfg->n_keys)
-		return 0;
-	struct hdr_out o = { out, 0, cap, true };
-	if (ex->run) {
-		put_str(&o, "X-Run-Id: ");
-		put(&o, ex->run->id, ex->run->id_len);
-		put_str(&o, "\r\n");
-	}
-	put_str(&o, "X-Budget-Decision: ");
-	put_str(&o, decision_name(ex));
-	put_str(&o, "\r\nX-Budget-Decision-Id: ");
-	put_id(&o, 'd', ex->decision_id);
-	if (ex->allowed) {
-		put_str(&o, "\r\nX-Budget-Reservation-Id: ");
-		put_id(&o, 'r', ex->decision_id);
-	}
-	/* the tightest scope: least money left; its mode is the one in force,
-	 * unless a scope refused the call or let it past its limit */
-	int64_t least = INT64_MAX;
-	int tightest = -1;
-	for (int i = 0; i < ex->n_scopes; i++) {
-		struct budget_totals t;
-		budget_totals(ex->scopes[i], &ex->client->shard->clock, &t);
-		if (t.limit - t.committed - t.reserved < least) {
-			least = t.limit - t.committed - t.reserved;
-			tightest = i;
-		}
-	}
-	int in_force = ex->blocked_by ? ex->blocked_by - 1 :
-		       ex->over ? __builtin_ctz(ex->over) : tightest;
-	put_str(&o, "\r\nX-Budget-Enforcement-Mode: ");
-	put_str(&o, config_mode_name(in_force >= 0 ? ex->scope_mode[in_force] :
-				     ex->key ? ex->key->mode : MODE_HARD_GATE));
-	put_str(&o, "\r\nX-Budget-Price-Table-Version: ");
-	put_str(&o, cfg->prices_version);
-	put_str(&o, "\r\n");
-	if (ex->n_scopes) {
-		char remaining[32];
-		put_str(&o, "X-Budget-Remaining-USD: ");
-		put(&o, remaining, money_format(least, remaining, sizeof(remaining)));
-		put_str(&o, "\r\n");
-	}
-	if (ex->requested_model) {
-		put_str(&o, "X-Budget-Requested-Model: ");
-		put_str(&o, ex->requested_model->name);
-		put_str(&o, "\r\nX-Budget-Selected-Model: ");
-		put_str(&o, ex->model->name);
-		put_str(&o, "\r\n");
-	}
-	if (ex->clamped && ex->allowed) {
-		char n[16];
-		put_str(&o, "X-Budget-Output-Clamped: ");
-		put(&o, n, (size_t)snprintf(n, sizeof(n), "%u", ex->max_output_tokens));
-		put_str(&o, "\r\n");
-	}
-	if (ex->blocked_by || ex->over) {
-		put_str(&o, "X-Budget-Blocking-Scope: ");
-		put_str(&o, ex->scope_kind[in_force]);
-		put_str(&o, ":");
-		put_str(&o, ex->scope_name[in_force]);
-		put_str(&o, "\r\n");
-	}
-	return o.ok ? o.len : 0;
-}
-
-void decide_budget_state(struct exchange *ex)
-{
-	if (!ex->cfg->n_keys) {
-		reply_problem(ex, 404, "not_found", "no budgets are configured");
-		return;
-	}
-	if (!authenticate_agent(ex))
-		return;
-	uint32_t len;
-	const char *id = http1_field(&ex->req.head, "x-run-id", &len);
-	struct run *run = id && runs_valid_id(id, len) ? runs_find(ex->cfg->runs, id, len) : NULL;
-	if (run && !strcmp(run->key_id, ex->key->id)) {
-		ex->scopes[0] = run->scope;
-		ex->scope_kind[0] = "run";
-		ex->scope_name[0] = run->id;
-		ex->scope_mode[0] = run->mode;
-		ex->n_scopes = 1;
-	}
-	collect_key_scopes(ex);
-	/* Written into the unused request body area, like the model list. */
-	char *b = ex->inline_body;
-	size_t cap = EX_INLINE_BODY, n = 0;
-	n += (size_t)snprintf(b, cap, "{\"key\":\"%s\",\"scopes\":[", ex->key->id);
-	for (int i = 0; i < ex->n_scopes && n + 400 < cap; i++) {
-		struct budget_totals t;
-		budget_totals(ex->scopes[i], &ex->client->shard->clock, &t);
-		char limit[32], committed[32], reserved[32], remaining[32];
-		money(t.limit, limit);
-		money(t.committed, committed);
-		money(t.reserved, reserved);
-		money(t.limit - t.committed - t.reserved, remaining);
-		n += (size_t)snprintf(b + n, cap - n,
-			"%s{\"scope\":\"%s:%s\",\"window\":\"%s\",\"mode\":\"%s\","
-			"\"limit_usd\":\"%s\",\"committed_usd\":\"%s\",\"reserved_usd\":\"%s\","
-			"\"remaining_usd\":\"%s\"}",
-			i ? "," : "", ex->scope_kind[i], ex->scope_name[i],
-			config_window_name(ex->scopes[i]->window),
-			config_mode_name(ex->scope_mode[i]), limit, committed, reserved, remaining);
-	}
-	n += (size_t)snprintf(b + n, cap - n, "],\"prices_version\":\"%s\"}",
-			      ex->cfg->prices_version);
-	reply_json(ex, 200, b, n);
 }

@@ -1,5 +1,6 @@
 /*
- * decide.h — the budget decision on the request path (net/decide.c).
+ * decide.h — the budget decision on the request path (net/decide.c), its
+ * settlement (net/settle.c) and what agents are told (net/budget_api.c).
  */
 #ifndef TOLLGATE_DECIDE_H
 #define TOLLGATE_DECIDE_H
@@ -16,6 +17,12 @@
  * `embeddings`: the call produces no output tokens.
  */
 bool decide_request(struct exchange *ex, const struct json_top *top, bool embeddings);
+/* Sets ex->key from the request's credentials, or answers 401. */
+bool decide_authenticate(struct exchange *ex);
+/* Appends the caller key's budgeted scopes (key, user, team, org) to
+ * ex->scopes. */
+void decide_key_scopes(struct exchange *ex);
+
 /* Reply body bytes, to find the provider's usage at the end. */
 int decide_reply_body(struct http_msg *m, const char *data, size_t len);
 /* Ends the reservation: commit (reply complete: usage, or the worst case
@@ -25,7 +32,21 @@ void decide_settle(struct exchange *ex);
 /* GET /v1/budget: every budgeted scope of the caller's key (and of the
  * run named by X-Run-Id, if it is this key's). Answers itself. */
 void decide_budget_state(struct exchange *ex);
-/* Appends the X-Budget-* response fields; returns the bytes written. */
-size_t decide_headers(const struct exchange *ex, char *out, size_t cap);
+/* enum decision_kind of this exchange (allow, advisory_warn, downgrade,
+ * block). */
+int decide_kind(const struct exchange *ex);
+/* The scope whose mode is in force: the one that refused, else the first
+ * that went past its limit, else the tightest; -1 with no scopes. */
+int decide_scope_in_force(const struct exchange *ex);
+
+/* GET /v1/budget/runs/{id}: the run (if it is the caller's) and the
+ * scopes above it. GET /budget/decisions/{id}: one of the caller's recent
+ * decisions. Both answer themselves. */
+void decide_run_state(struct exchange *ex, const char *id, size_t len);
+void decide_decision_state(struct exchange *ex, const char *id, size_t len);
+
+/* Appends the X-Budget-* response fields; returns the bytes written.
+ * Notes the mode in force in ex for the decision record. */
+size_t decide_headers(struct exchange *ex, char *out, size_t cap);
 
 #endif

@@ -262,6 +262,7 @@ const char *http1_reason(unsigned status)
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
 	case 408: return "Request Timeout";
+	case 409: return "Conflict";
 	case 413: return "Content Too Large";
 	case 423: return "Locked";
 	case 429: return "Too Many Requests";

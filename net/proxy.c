@@ -396,11 +396,22 @@ void proxy_request(struct exchange *ex)
 			reply_models(ex);
 		return;
 	}
-	if (path_len == 10 && !memcmp(url, "/v1/budget", 10)) {
+	if (path_len >= 10 && !memcmp(url, "/v1/budget", 10)) {
+		if (method != HTTP_GET && method != HTTP_HEAD)
+			reply_problem(ex, 405, "method_not_allowed", "use GET");
+		else if (path_len == 10)
+			decide_budget_state(ex);
+		else if (path_len > 16 && !memcmp(url + 10, "/runs/", 6))
+			decide_run_state(ex, url + 16, path_len - 16);
+		else
+			reply_problem(ex, 404, "not_found", "no such route");
+		return;
+	}
+	if (path_len > 18 && !memcmp(url, "/budget/decisions/", 18)) {
 		if (method != HTTP_GET && method != HTTP_HEAD)
 			reply_problem(ex, 405, "method_not_allowed", "use GET");
 		else
-			decide_budget_state(ex);
+			decide_decision_state(ex, url + 18, path_len - 18);
 		return;
 	}
 	const struct route *route = find_route(url, path_len);

@@ -48,8 +48,9 @@ void reply_problem(struct exchange *ex, unsigned status, const char *code,
 void reply_problem_ext(struct exchange *ex, unsigned status, const char *code,
 		       const char *detail, const char *extra)
 {
-	char esc[512], body[2048];
+	char esc[512], body[4096];
 	json_escape(esc, sizeof(esc), detail);
+	snprintf(ex->problem_code, sizeof(ex->problem_code), "%s", code);
 	int n = snprintf(body, sizeof(body),
 			 "{\"type\":\"urn:tollgate:problem:%s\",\"title\":\"%s\","
 			 "\"status\":%u,\"detail\":\"%s\",\"code\":\"%s\"%s}",

@@ -13,13 +13,14 @@ declare -A srcs=(
   [http1_response]="net/http1.c"
   [json_scan]="core/json_scan.c"
   [config]="core/config.c core/arena.c core/money.c core/log.c core/json_scan.c"
+  [tags]="core/tags.c"
 )
 declare -A libs=(
   [http1_request]="-lhttp_parser" [http1_response]="-lhttp_parser"
-  [json_scan]="" [config]="-lfyaml -lxxhash -ldl"
+  [json_scan]="" [config]="-lfyaml -lxxhash -ldl" [tags]=""
 )
 fail=0 passed=0 failed=0
-for h in http1_request http1_response json_scan config; do
+for h in http1_request http1_response json_scan config tags; do
   # shellcheck disable=SC2086
   clang $CFLAGS tests/fuzz/$h.c ${srcs[$h]} -o "$out/$h" ${libs[$h]}
   mkdir -p "$out/corpus-$h"

@@ -104,6 +104,8 @@ static void test_errors(void)
 	expect_error("  o:\n    provider: q\n", "models.o: unknown provider 'q'");
 	expect_error("  o:\n    provider: p\n    supports: [telepathy]\n", "unknown capability 'telepathy'");
 	expect_error("  o:\n    provider: p\n    alternatives: [zz]\n", "alternative 'zz' is not a model");
+	expect_error("  o:\n    provider: p\n    alternatives: [a, b, c, d, e, f, g, h, i]\n",
+		     "alternatives: at most 8");
 	expect_error("workers: many\n", "workers: expected an integer");
 	expect_error("ledger: {}\n", "ledger: section not supported by this build yet");
 	expect_error("teams:\n  t:\n    parent: nowhere\n", "teams.t: parent 'nowhere' is not in orgs");

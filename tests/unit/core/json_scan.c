@@ -73,5 +73,14 @@ int main(void)
 	deep[k++] = '}';
 	deep[k] = '\0';
 	CHECK(scan(deep, &t) == -E2BIG);
+	/* a top-level key spelled with escapes is refused: it would be a second
+	 * "model" to the provider */
+	{
+		struct json_top t2;
+		const char *esc = "{\"model\":\"a\",\"mod\\u0065l\":\"b\"}";
+		CHECK(json_scan_top(esc, strlen(esc), &t2) == -EINVAL);
+		const char *nested = "{\"model\":\"a\",\"x\":{\"mod\\u0065l\":1}}";
+		CHECK(json_scan_top(nested, strlen(nested), &t2) == 0);
+	}
 	return check_report("core/json_scan");
 }
