@@ -392,6 +392,7 @@ static const struct field limits_fields[] = {
 	ROW("send_timeout_ms", F_U32, struct cfg_limits, send_timeout_ms, 100, 3600000),
 	ROW("max_connections", F_U32, struct cfg_limits, max_connections, 16, 1000000),
 	ROW("max_requests", F_U32, struct cfg_limits, max_requests, 16, 1000000),
+	ROW("reservation_ttl_ms", F_U32, struct cfg_limits, reservation_ttl_ms, 1000, 86400000),
 };
 
 static int section_limits(struct loader *ld, struct fy_node *k,
@@ -966,6 +967,43 @@ static int top_drain(struct loader *ld, struct fy_node *k, struct fy_node *v,
 	return 0;
 }
 
+/* ---- alerts ---- */
+
+static int alerts_log(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	return read_bool(ld, k, v, &((struct cfg_alerts *)obj)->log);
+}
+
+static const struct field alerts_fields[] = {
+	ROW("webhook_url", F_STR, struct cfg_alerts, webhook_url, 0, 0),
+	CUSTOM("log", alerts_log),
+	ROW("timeout_ms", F_U32, struct cfg_alerts, timeout_ms, 100, 60000),
+};
+
+static int section_alerts(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	struct cfg_alerts *a = &ld->cfg->alerts;
+	if (read_mapping(ld, k, v, alerts_fields, ARRAY_SIZE(alerts_fields), a, "alerts"))
+		return -EINVAL;
+	if (!a->webhook_url)
+		return 0;
+	/* the URL grammar is a provider base_url's */
+	struct cfg_provider url = { .base_url = a->webhook_url };
+	int rc = parse_base_url(ld, &url);
+	if (rc || url.tls) {
+		load_error(ld, node_line(k), "alerts.webhook_url '%s': %s", a->webhook_url,
+			   url.tls ? "https webhooks need TLS, which this build lacks" :
+			   rc == -EHOSTUNREACH ? "cannot resolve its host" :
+			   "not http://host[:port][/path]");
+		return -EINVAL;
+	}
+	a->host = url.host;
+	a->port = url.port;
+	a->path = url.path_prefix_len ? url.path_prefix : "/";
+	a->addr = url.addr;
+	return 0;
+}
+
 /* Sections of SPEC §2 whose features land in later issues: refused by name,
  * so a config that relies on them fails loudly instead of running unguarded. */
 static int section_not_yet(struct loader *ld, struct fy_node *k,
@@ -994,7 +1032,7 @@ static const struct field top_fields[] = {
 	CUSTOM("budget", section_not_yet),
 	CUSTOM("velocity", section_not_yet),
 	CUSTOM("ledger", section_not_yet),
-	CUSTOM("alerts", section_not_yet),
+	CUSTOM("alerts", section_alerts),
 	CUSTOM("otel", section_not_yet),
 	CUSTOM("cluster", section_not_yet),
 };
@@ -1217,7 +1255,9 @@ static void set_defaults(struct config *cfg)
 		.send_timeout_ms = 60000,
 		.max_connections = 20000,
 		.max_requests = 4096,
+		.reservation_ttl_ms = 900000,
 	};
+	cfg->alerts = (struct cfg_alerts){ .log = true, .timeout_ms = 2000 };
 }
 
 #define CONFIG_MAX_BYTES (16u << 20)

@@ -151,6 +151,18 @@ struct cfg_limits {
 	uint32_t send_timeout_ms;    /* a client that stops reading */
 	uint32_t max_connections;    /* per shard */
 	uint32_t max_requests;       /* in flight per shard */
+	uint32_t reservation_ttl_ms; /* a budgeted call that runs longer is cut and settled */
+};
+
+/* Where budget alerts go (core/alerts.c). */
+struct cfg_alerts {
+	bool log;                    /* a log line per alert (default on) */
+	const char *webhook_url;     /* NULL: no webhook */
+	const char *host;            /* parsed from webhook_url (http:// only) */
+	uint16_t port;
+	const char *path;
+	struct cfg_addr addr;
+	uint32_t timeout_ms;         /* per POST attempt */
 };
 
 struct config {
@@ -175,6 +187,7 @@ struct config {
 	uint32_t n_orgs, n_teams, n_users;
 	struct cfg_key *keys;
 	uint32_t n_keys;
+	struct cfg_alerts alerts;
 	struct run_table *runs;      /* live runs, shared by generations (budget_book) */
 	struct decision_log *decisions; /* recent decisions of every shard (budget_book) */
 	struct idem_table *idem;     /* idempotency keys (budget_book) */

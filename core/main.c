@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "core/alerts.h"
 #include "core/budget_book.h"
 #include "core/config.h"
 #include "core/defs.h"
@@ -118,7 +119,8 @@ static int bind_budgets(struct budget_book *book, struct config *cfg)
 	return 0;
 }
 
-static void reload(struct shard *shards, int n, const char *path, struct budget_book *book)
+static void reload(struct shard *shards, int n, const char *path, struct budget_book *book,
+		   struct alerts *alerts)
 {
 	struct config *next = config_load(path, stderr);
 	if (!next || bind_budgets(book, next)) {
@@ -130,6 +132,7 @@ static void reload(struct shard *shards, int n, const char *path, struct budget_
 		config_ref(next);
 		shard_post(&shards[i], SHARD_CMD_RELOAD, next);
 	}
+	alerts_reload(alerts, next);
 	config_unref(next);
 	log_info("reload of %s handed to %d shards", path, n);
 }
@@ -208,7 +211,6 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	config_unref(cfg);   /* the shards hold it now */
 	const char *clock_file = getenv("TOLLGATE_TEST_CLOCK_FILE");
 	static _Atomic int64_t clock_offset_s;
 	if (clock_file) {
@@ -217,6 +219,12 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < workers; i++)
 		shards[i].clock_offset_s = &clock_offset_s;
+	struct alerts *alerts = alerts_start(cfg, &clock_offset_s);
+	config_unref(cfg);   /* the shards and the alert watcher hold it now */
+	if (!alerts) {
+		log_error("cannot start the alert watcher");
+		return 2;
+	}
 	for (int i = 0; i < workers; i++) {
 		if (shard_start(&shards[i])) {
 			log_error("cannot start shard %d", i);
@@ -237,7 +245,7 @@ int main(int argc, char **argv)
 		} else if (sigwait(&sigs, &sig))
 			continue;
 		if (sig == SIGHUP) {
-			reload(shards, workers, opt.config_path, book);
+			reload(shards, workers, opt.config_path, book, alerts);
 			continue;
 		}
 		log_info("signal %d: draining", sig);
@@ -253,6 +261,7 @@ int main(int argc, char **argv)
 		shard_destroy(&shards[i]);
 	}
 	free(shards);
+	alerts_stop(alerts);
 	budget_book_free(book);
 	log_info("stopped");
 	return code;

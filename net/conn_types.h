@@ -175,6 +175,7 @@ struct exchange {
 	int64_t estimate_usd;
 	int64_t actual_usd;       /* after settlement */
 	uint64_t decision_id;
+	uint64_t deadline_ms;     /* reservation TTL: the reply is cut after it */
 	uint32_t max_output_tokens;
 	uint32_t tail_start, tail_len; /* reply body tail kept for its usage */
 	struct iovec req_iov[SENDQ_MAX_IOV]; /* the upstream request, kept for a retry */

@@ -497,6 +497,7 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 		}
 	}
 	ex->allowed = true;
+	ex->deadline_ms = ex->client->shard->now_ms + ex->cfg->limits.reservation_ttl_ms;
 	ex->resp.on_body = decide_reply_body;
 	return true;
 }

@@ -577,6 +577,17 @@ void proxy_upstream_data(struct exchange *ex, const char *data, size_t len, int3
 	ex->resp_bytes += len;
 	if (ex->state == EX_RELAY) {
 		timer_cancel(&s->timers, &ex->up->timer);
+		if (unlikely(ex->allowed && s->now_ms >= ex->deadline_ms)) {
+			/* Its reservation outlived limits.reservation_ttl_ms: end
+			 * it, so that it is settled (as a partial reply, at the
+			 * whole reservation) rather than held for ever. A silent
+			 * provider is ended by the idle timeout instead. */
+			log_warn("provider %s: reply ran past the reservation TTL: cut",
+				 ex->provider->name);
+			ring_buf_return(&s->ring, bid);
+			client_abort(ex->client);
+			return;
+		}
 		relay_body(ex, data, len, bid);
 		return;
 	}
