@@ -14,18 +14,21 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "core/alerts.h"
 #include "core/budget_book.h"
 #include "core/config.h"
 #include "core/defs.h"
 #include "core/log.h"
+#include "core/runs.h"
 #include "core/shard.h"
 
 /* jemalloc reads this at start: return freed memory to the kernel within a
@@ -153,6 +156,57 @@ static void read_clock_file(const char *path, _Atomic int64_t *offset)
 		fclose(f);
 }
 
+/*
+ * The run sweeper: every RUNS_ROTATE_MS, expires runs idle past their TTL
+ * (core/runs.c). Its quiescence test is each shard's loop-turn counter
+ * moving: a shard holds a run it found only within a turn, unless it
+ * counted it in flight.
+ */
+struct sweeper {
+	pthread_t thread;
+	struct run_table *runs;
+	struct shard *shards;
+	int n_shards;
+	const _Atomic int64_t *clock_offset_s;
+	atomic_bool stop;
+};
+
+static void quiesce_shards(void *arg)
+{
+	struct sweeper *w = arg;
+	uint64_t seen[BUDGET_MAX_SHARDS];
+	for (int i = 0; i < w->n_shards; i++)
+		seen[i] = atomic_load_explicit(&w->shards[i].turns, memory_order_acquire);
+	for (int i = 0; i < w->n_shards && !atomic_load(&w->stop);) {
+		if (atomic_load_explicit(&w->shards[i].turns, memory_order_acquire) != seen[i]) {
+			i++;
+			continue;
+		}
+		struct timespec ms = { 0, 1000000 };
+		nanosleep(&ms, NULL);
+	}
+}
+
+static void *sweeper_main(void *arg)
+{
+	struct sweeper *w = arg;
+	while (!atomic_load(&w->stop)) {
+		for (int waited = 0; waited < RUNS_ROTATE_MS && !atomic_load(&w->stop); waited += 50) {
+			struct timespec step = { 0, 50 * 1000000L };
+			nanosleep(&step, NULL);
+		}
+		if (atomic_load(&w->stop))
+			break;
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		uint32_t freed = runs_rotate(w->runs, now.tv_sec + atomic_load(w->clock_offset_s),
+					     quiesce_shards, w);
+		if (freed)
+			log_info("%u idle runs expired, %u live", freed, runs_live(w->runs));
+	}
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	struct options opt;
@@ -220,6 +274,8 @@ int main(int argc, char **argv)
 	for (int i = 0; i < workers; i++)
 		shards[i].clock_offset_s = &clock_offset_s;
 	struct alerts *alerts = alerts_start(cfg, &clock_offset_s);
+	struct sweeper sweeper = { .runs = cfg->runs, .shards = shards, .n_shards = workers,
+				   .clock_offset_s = &clock_offset_s };
 	config_unref(cfg);   /* the shards and the alert watcher hold it now */
 	if (!alerts) {
 		log_error("cannot start the alert watcher");
@@ -230,6 +286,10 @@ int main(int argc, char **argv)
 			log_error("cannot start shard %d", i);
 			return 2;
 		}
+	}
+	if (pthread_create(&sweeper.thread, NULL, sweeper_main, &sweeper)) {
+		log_error("cannot start the run sweeper");
+		return 2;
 	}
 	log_info("tollgate %s: %d workers, config %s", TOLLGATE_VERSION, workers,
 		 opt.config_path);
@@ -251,6 +311,8 @@ int main(int argc, char **argv)
 		log_info("signal %d: draining", sig);
 		break;
 	}
+	atomic_store(&sweeper.stop, true);     /* before the shards stop turning */
+	pthread_join(sweeper.thread, NULL);
 	for (int i = 0; i < workers; i++)
 		shard_post(&shards[i], SHARD_CMD_DRAIN, NULL);
 	int code = 0;

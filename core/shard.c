@@ -393,6 +393,8 @@ static void *shard_main(void *arg)
 		retry_starved(s);
 		if (s->now_ms >= s->next_tidy_ms)
 			tidy_budgets(s);
+		atomic_store_explicit(&s->turns, atomic_load_explicit(&s->turns, memory_order_relaxed) + 1,
+				      memory_order_release);
 		if (!stopping && drain_finished(s)) {
 			stopping = true;
 			upstream_pools_reset(s);

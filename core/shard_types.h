@@ -91,6 +91,9 @@ struct shard {
 	int exit_code;
 	atomic_int started;              /* 0 pending, 1 running, <0 set-up error */
 
+	/* --- written by this shard, read by the run sweeper --- */
+	_Alignas(CACHELINE) _Atomic uint64_t turns;  /* loop turns completed */
+
 	/* --- written by the main thread --- */
 	_Alignas(CACHELINE) atomic_uint mailbox;   /* enum shard_cmd bits */
 	_Atomic(struct config *) next_cfg;

@@ -163,6 +163,7 @@ struct exchange {
 	uint32_t tags_len;
 	uint32_t idem_slot;       /* X-Budget-Idempotency-Key's table slot */
 	bool idem_claimed;        /* this call claimed it: finish it at the end */
+	bool run_held;            /* runs_begin() on ex->run: runs_end() at the end */
 	bool replayed;            /* the reply repeats an earlier decision: no record */
 	uint8_t replay_kind;      /* 1 + enum decision_kind of that decision; 0: none */
 	uint8_t outcome;          /* enum decision_outcome, set when settled */

@@ -101,8 +101,22 @@ static void add_scope(struct exchange *ex, const struct cfg_budget *b, const cha
 	ex->n_scopes++;
 }
 
-/* A `window: run` budget on the key or above caps every run under it. */
-static int64_t cap_by_run_windows(const struct config *cfg, const struct cfg_key *k,
+/* What a new run is held to: the key's run limit in the key's mode, and
+ * every `window: run` budget of the key and above, each in its own mode. */
+struct run_terms {
+	int64_t limit;       /* the least limit: past it, calls warn */
+	int64_t slack;       /* so that no constraint's ceiling is passed */
+	uint8_t mode;        /* of the constraint with the lowest ceiling */
+};
+
+/* A constraint's ceiling: limit + slack, INT64_MAX when it never refuses. */
+static int64_t ceiling(int64_t limit, uint8_t mode, int64_t soft_margin)
+{
+	int64_t slack = config_budget_slack(mode, soft_margin);
+	return slack == BUDGET_UNBOUNDED ? INT64_MAX : limit + slack;
+}
+
+static struct run_terms run_terms(const struct config *cfg, const struct cfg_key *k,
 				  int64_t limit)
 {
 	const struct cfg_budget *b[4] = { &k->budget, NULL, &cfg->teams[k->team].budget, NULL };
@@ -110,10 +124,20 @@ static int64_t cap_by_run_windows(const struct config *cfg, const struct cfg_key
 		b[1] = &cfg->users[k->user].budget;
 	if (cfg->teams[k->team].parent >= 0)
 		b[3] = &cfg->orgs[cfg->teams[k->team].parent].budget;
-	for (int i = 0; i < 4; i++)
-		if (b[i] && b[i]->present && b[i]->window == WINDOW_RUN && b[i]->limit < limit)
-			limit = b[i]->limit;
-	return limit;
+	struct run_terms t = { limit, 0, k->mode };
+	int64_t lowest = ceiling(limit, k->mode, 0);
+	for (int i = 0; i < 4; i++) {
+		if (!b[i] || !b[i]->present || b[i]->window != WINDOW_RUN)
+			continue;
+		t.limit = MIN(t.limit, b[i]->limit);
+		int64_t c = ceiling(b[i]->limit, b[i]->mode, b[i]->soft_margin);
+		if (c < lowest) {
+			lowest = c;
+			t.mode = b[i]->mode;
+		}
+	}
+	t.slack = lowest == INT64_MAX ? BUDGET_UNBOUNDED : lowest - t.limit;
+	return t;
 }
 
 /* Writes "run-" + 8 hex digits of prefix + 12 of n (by hand: per call). */
@@ -155,17 +179,17 @@ static bool open_run(struct exchange *ex)
 		if (limit > k->run.max_limit)
 			limit = k->run.max_limit;
 	}
-	limit = cap_by_run_windows(ex->cfg, k, limit);
-	int64_t slack = config_budget_slack(k->mode, 0);
+	struct run_terms terms = run_terms(ex->cfg, k, limit);
 	uint32_t len;
 	const char *id = http1_field(h, "x-run-id", &len);
 	if (!id) {
 		struct run *r = &ex->own_run;
 		r->id_len = issue_run_id(r->id, s->run_prefix, ++s->runs_issued << 8 | (uint64_t)s->id);
-		r->limit = limit;
-		r->scope = budget_scope_init(ex->own_run_scope, limit, 1);
-		r->mode = k->mode;
-		budget_set_limit(r->scope, limit, slack);
+		r->limit = terms.limit;
+		r->scope = budget_scope_init(ex->own_run_scope, terms.limit, 1);
+		r->mode = terms.mode;
+		r->use = NULL;      /* not in the table: nothing to expire */
+		budget_set_limit(r->scope, terms.limit, terms.slack);
 		budget_set_window(r->scope, WINDOW_RUN);
 		ex->run = r;
 		return true;
@@ -183,11 +207,15 @@ static bool open_run(struct exchange *ex)
 			reply_problem(ex, 429, "too_many_runs", "this key has opened run.max_live_runs runs");
 			return false;
 		}
-		ex->run = runs_open(ex->cfg->runs, id, len, k->id, limit, k->mode, slack,
-				    &created);
+		struct run_spec spec = { .key_id = k->id, .limit = terms.limit,
+					 .slack = terms.slack, .mode = terms.mode, .ttl_s = k->run.ttl_s,
+					 .key_runs = k->runs_opened };
+		ex->run = runs_open(ex->cfg->runs, id, len, &spec, &created);
 		if (!created)
 			atomic_fetch_sub(k->runs_opened, 1);   /* another shard opened it first */
 		if (!ex->run) {
+			log_error("run table full (%u live runs): refusing key %s's new run",
+				  runs_live(ex->cfg->runs), k->id);
 			reply_problem(ex, 503, "too_many_runs", "the run table is full");
 			return false;
 		}
@@ -196,6 +224,9 @@ static bool open_run(struct exchange *ex)
 		reply_problem(ex, 403, "run_bound_to_other_key", "this run belongs to another key");
 		return false;
 	}
+	/* held until the call is settled: a run in use never expires */
+	runs_begin(ex->run, (uint32_t)s->id, s->clock.now_s);
+	ex->run_held = true;
 	return true;
 }
 

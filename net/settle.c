@@ -137,4 +137,6 @@ void decide_settle(struct exchange *ex)
 		record(ex);
 	if (ex->idem_claimed)
 		idem_finish(ex->cfg->idem, ex->idem_slot, ex->decision_id);
+	if (ex->run_held)   /* last: the run may be freed as soon as it is not held */
+		runs_end(ex->run, (uint32_t)ex->client->shard->id);
 }
