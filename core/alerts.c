@@ -33,7 +33,10 @@
 struct alert_state {
 	const struct budget_scope *scope;
 	int64_t epoch;          /* the window `fired` is for */
-	uint32_t fired;         /* bit i: alert_at[i] has fired */
+	/* the fractions (ppm) that have fired: by value, so a reload that
+	 * adds, removes or reorders alert_at entries keeps them apart */
+	uint32_t fired[CFG_MAX_ALERTS];
+	uint8_t n_fired;
 };
 
 struct alerts {
@@ -138,6 +141,28 @@ static void fire(const struct config *cfg, const char *kind, const char *name,
 		post(&cfg->alerts, body, (size_t)n);
 }
 
+static bool has_fired(const struct alert_state *st, uint32_t ppm)
+{
+	for (int i = 0; i < st->n_fired; i++)
+		if (st->fired[i] == ppm)
+			return true;
+	return false;
+}
+
+/* Keeps only fired fractions that b still lists (a reload dropped the
+ * rest): at most CFG_MAX_ALERTS, and one of b's is unfired, so room. */
+static void forget_unlisted(struct alert_state *st, const struct cfg_budget *b)
+{
+	uint8_t kept = 0;
+	for (int i = 0; i < st->n_fired; i++)
+		for (int j = 0; j < b->n_alerts; j++)
+			if (st->fired[i] == b->alert_ppm[j]) {
+				st->fired[kept++] = st->fired[i];
+				break;
+			}
+	st->n_fired = kept;
+}
+
 static void check(struct alerts *a, const struct config *cfg, const struct budget_clock *clk,
 		  const char *kind, const char *name, const struct cfg_budget *b)
 {
@@ -149,16 +174,18 @@ static void check(struct alerts *a, const struct config *cfg, const struct budge
 	int64_t epoch = clk->epoch[b->scope->window];
 	if (st->epoch != epoch) {
 		st->epoch = epoch;
-		st->fired = 0;
+		st->n_fired = 0;
 	}
 	struct budget_totals t;
 	budget_totals(b->scope, clk, &t);
 	for (int i = 0; i < b->n_alerts; i++) {
 		/* exact: committed >= limit * ppm / 1e6, in 128 bits */
 		__int128 reached = (__int128)t.committed * 1000000;
-		if (st->fired & (1u << i) || reached < (__int128)t.limit * b->alert_ppm[i])
+		if (has_fired(st, b->alert_ppm[i]) || reached < (__int128)t.limit * b->alert_ppm[i])
 			continue;
-		st->fired |= 1u << i;
+		if (st->n_fired == CFG_MAX_ALERTS)
+			forget_unlisted(st, b);
+		st->fired[st->n_fired++] = b->alert_ppm[i];
 		fire(cfg, kind, name, b, i, &t, clk->now_s);
 	}
 }
