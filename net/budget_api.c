@@ -285,12 +285,12 @@ void decide_decision_state(struct exchange *ex, const char *id, size_t len)
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
 	char *b = ex->inline_body;
 	int n = snprintf(b, EX_INLINE_BODY,
-		"{\"decision_id\":\"%.*s\",\"time\":\"%s\",\"decision\":\"%s\",\"status\":%u,"
+		"{\"decision_id\":\"d-%012llx\",\"time\":\"%s\",\"decision\":\"%s\",\"status\":%u,"
 		"\"code\":\"%s\",\"enforcement_mode\":\"%s\",\"key\":\"%s\",\"run_id\":\"%s\","
 		"\"model\":\"%s\",\"selected_model\":\"%s\",\"scope\":\"%s\","
 		"\"estimate_usd\":\"%s\",\"reserved_usd\":\"%s\",\"actual_usd\":\"%s\","
 		"\"outcome\":\"%s\",\"tags\":\"%s\",\"prices_version\":\"%s\"}",
-		(int)len, id, when, kind_names[r.kind & 3], r.status, r.code,
+		(unsigned long long)r.id, when, kind_names[r.kind & 3], r.status, r.code,
 		config_mode_name(r.mode), r.key_id, r.run_id, r.model, r.selected_model, r.scope,
 		estimate, reserved, actual, outcomes[r.outcome % 3], r.tags,
 		ex->cfg->prices_version);

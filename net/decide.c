@@ -428,11 +428,19 @@ static void replay(struct exchange *ex, uint64_t first, const struct decision_re
 			  "see its decision", extra);
 }
 
+/* A first call that cost nothing and did not succeed (no reply: released;
+ * or the provider refused it) may be tried again for real. */
+static bool retryable(const struct decision_rec *rec)
+{
+	return rec->outcome == OUTCOME_RELEASED ||
+	       (rec->outcome == OUTCOME_COMMITTED && rec->actual_usd == 0 && rec->status >= 400);
+}
+
 /*
  * X-Budget-Idempotency-Key: the first call with a key (per agent key)
  * claims it; a retry while it runs is refused, and one after it ended gets
- * its decision back, except that a call that got no reply at all (released
- * whole, charged nothing) may be retried for real. Never two reservations.
+ * its decision back, except that a call that was charged nothing and did
+ * not succeed may be retried for real. Never two reservations.
  */
 static bool check_idempotency(struct exchange *ex)
 {
@@ -447,31 +455,43 @@ static bool check_idempotency(struct exchange *ex)
 	}
 	struct shard *s = ex->client->shard;
 	const struct config *cfg = ex->cfg;
-	uint64_t first = 0;
+	uint64_t hash = idem_hash(ex->key->id, v, len), first = 0;
 	uint32_t slot = 0;
 	struct decision_rec rec;
-	bool known;
-	switch (idem_claim(cfg->idem, idem_hash(ex->key->id, v, len), ex->decision_id,
-			   s->clock.now_s, &slot, &first)) {
-	case IDEM_NEW:
-		break;
-	case IDEM_FULL:
-		log_error("idempotency table full: refusing key %s's call", ex->key->id);
-		reply_problem(ex, 503, "idempotency_unavailable",
-			      "no room to remember this idempotency key; retry later");
-		return false;
-	case IDEM_IN_FLIGHT:
-		ex->replayed = true;
-		ex->decision_id = first;
-		reply_problem(ex, 409, "idempotency_in_flight",
-			      "the first call with this idempotency key is still running");
-		return false;
-	case IDEM_DONE:
-		known = decisions_get(cfg->decisions, first, &rec);
-		if (!known || rec.outcome != OUTCOME_RELEASED ||
-		    !idem_retake(cfg->idem, slot, first, ex->decision_id, s->clock.now_s)) {
-			replay(ex, first, known ? &rec : NULL);
+	/* A released first call may be taken over by one retry; the others
+	 * look again and find that retry in flight. */
+	for (int tries = 0;; tries++) {
+		switch (idem_claim(cfg->idem, hash, ex->decision_id, s->clock.now_s, &slot, &first)) {
+		case IDEM_NEW:
+			break;
+		case IDEM_FULL:
+			log_error("idempotency table full: refusing key %s's call", ex->key->id);
+			reply_problem(ex, 503, "idempotency_unavailable",
+				      "no room to remember this idempotency key; retry later");
 			return false;
+		case IDEM_IN_FLIGHT:
+			ex->replayed = true;
+			ex->decision_id = first;
+			reply_problem(ex, 409, "idempotency_in_flight",
+				      "the first call with this idempotency key is still running");
+			return false;
+		case IDEM_DONE:
+			if (!decisions_get(cfg->decisions, first, &rec)) {
+				replay(ex, first, NULL);
+				return false;
+			}
+			if (!retryable(&rec)) {
+				replay(ex, first, &rec);
+				return false;
+			}
+			if (!idem_retake(cfg->idem, slot, first, ex->decision_id, s->clock.now_s)) {
+				if (tries < 3)
+					continue;
+				reply_problem(ex, 409, "idempotency_in_flight",
+					      "another retry with this idempotency key is running");
+				return false;
+			}
+			break;
 		}
 		break;
 	}
