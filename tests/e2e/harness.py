@@ -384,6 +384,18 @@ def to_yaml(obj, indent=0):
     return "\n".join(lines)
 
 
+def principals(keys, teams, orgs=None, users=None):
+    """The config sections of a budget setup: orgs and users only if given."""
+    extra = {}
+    if orgs:
+        extra["orgs"] = orgs
+    extra["teams"] = teams
+    if users:
+        extra["users"] = users
+    extra["keys"] = keys
+    return extra
+
+
 def make_config(port, mock_port, limits=None, providers=None, models=None,
                 drain_timeout_ms=3000, extra=None, extra_listen=()):
     """A config dict: conf/tollgate.yaml's models on mock_port, listening on port.

@@ -35,7 +35,7 @@ import threading
 import time
 
 from harness import (CHAT, LOOPBACK, Mock, Tollgate, call, free_port, make_config, request,
-                     run_tollgate_check, sse_events, to_yaml, wait_until)
+                     run_tollgate_check, sse_events, to_yaml, wait_until, principals)
 from test_budget import Price, bearer, chat, key, micros, usd
 
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -153,13 +153,7 @@ def akey(kid, secret, team, budget_=None, user=None):
 
 def build(mock, keys, teams, users=None, orgs=None, alerts=None, limits=None):
     """The config dict (make_config's) of a tollgate with these principals."""
-    extra = {}
-    if orgs:
-        extra["orgs"] = orgs
-    extra["teams"] = teams
-    if users:
-        extra["users"] = users
-    extra["keys"] = keys
+    extra = principals(keys, teams, orgs, users)
     if alerts is not None:
         extra["alerts"] = alerts
     return make_config(0, mock.port, models=models(), limits=limits, extra=extra)

@@ -35,7 +35,7 @@ import time
 
 from harness import (CHAT, COMPLETIONS, EMBEDDINGS, LOOPBACK, MESSAGES, Conn, Mock,
                      Response, Tollgate, call, free_port, make_config, problem, request,
-                     run_tollgate_check, slow_build, sse_events, to_yaml, wait_until)
+                     run_tollgate_check, slow_build, sse_events, to_yaml, wait_until, principals)
 
 MTOK = 1000000
 SLACK = 64                  # PRICING_INPUT_SLACK: input bound = body bytes + 64
@@ -126,13 +126,7 @@ def start(env, mock, models, keys, teams, orgs=None, users=None, providers=None,
     worst case of $100, above every key/user/team/org limit used here and
     below the runs' $1000."""
     models = dict(models, probe=model("1.00", "1.00"))
-    extra = {}
-    if orgs:
-        extra["orgs"] = orgs
-    extra["teams"] = teams
-    if users:
-        extra["users"] = users
-    extra["keys"] = keys
+    extra = principals(keys, teams, orgs, users)
     return Tollgate(env, mock, workers=workers, models=models, providers=providers,
                     extra=extra)
 

@@ -26,7 +26,7 @@ import threading
 import time
 
 from harness import (CHAT, Conn, FakeProvider, LOOPBACK, Mock, Response, Tollgate, call,
-                     problem, request, slow_build, wait_until)
+                     problem, request, slow_build, wait_until, principals)
 from test_budget import (DECISION_ID, RESERVATION_ID, Price, bearer, budget, chat,
                          key, micros, model, openai_usage, usd)
 
@@ -44,13 +44,7 @@ DECISION_FIELDS = ("decision_id", "decision", "status", "code", "enforcement_mod
 def start(env, mk, keys, teams, models=None, users=None, orgs=None, providers=None,
           workers=1):
     """tollgate with model "m" (and `models`), these principals and keys."""
-    extra = {}
-    if orgs:
-        extra["orgs"] = orgs
-    extra["teams"] = teams
-    if users:
-        extra["users"] = users
-    extra["keys"] = keys
+    extra = principals(keys, teams, orgs, users)
     all_models = {"m": model("1.00", "2.00", cap=4000)}
     all_models.update(models or {})
     return Tollgate(env, mk, workers=workers, models=all_models, providers=providers,

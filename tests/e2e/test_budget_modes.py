@@ -45,7 +45,7 @@ import tempfile
 import time
 
 from harness import (CHAT, Conn, Mock, Tollgate, call, problem, prompt_tokens, request,
-                     slow_build, wait_until)
+                     slow_build, wait_until, principals)
 from test_budget import (DECISION_ID, RESERVATION_ID, SLACK, Price, bearer, chat, key,
                          micros, model, openai_usage, usd)
 
@@ -66,13 +66,7 @@ def bud(limit, window="total", mode="hard_gate", soft_margin=None):
 def launch(env, mk, keys, teams, orgs=None, users=None, workers=1, clock=None):
     """tollgate with model "m", these principals and keys; with `clock` (a
     Clock), its file is TOLLGATE_TEST_CLOCK_FILE."""
-    extra = {}
-    if orgs:
-        extra["orgs"] = orgs
-    extra["teams"] = teams
-    if users:
-        extra["users"] = users
-    extra["keys"] = keys
+    extra = principals(keys, teams, orgs, users)
     env_vars = {"TOLLGATE_TEST_CLOCK_FILE": clock.path} if clock else None
     tg = Tollgate(env, mk, workers=workers, models=MODELS, extra=extra, env_vars=env_vars)
     tg.patience = 3 if slow_build(env) else 1     # timeouts stretch on sanitizer builds
