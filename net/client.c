@@ -271,8 +271,7 @@ static void client_post_send(struct client *c)
 			c->shard->cfg->limits.send_timeout_ms);
 }
 
-void client_send(struct client *c, const void *a, size_t alen,
-		 const void *b, size_t blen, int32_t bid)
+void client_sendv(struct client *c, const struct iovec *iov, int n, int32_t bid)
 {
 	BUG_ON_HOT(c->out.posted);
 	if (c->state == CLIENT_CLOSING) {
@@ -280,10 +279,16 @@ void client_send(struct client *c, const void *a, size_t alen,
 			ring_buf_return(&c->shard->ring, bid);
 		return;
 	}
-	struct iovec iov[2] = { { (void *)a, alen }, { (void *)b, blen } };
-	sendq_set(&c->out, iov, 2);
+	sendq_set(&c->out, iov, n);
 	c->out.bid = bid;
 	client_post_send(c);
+}
+
+void client_send(struct client *c, const void *a, size_t alen,
+		 const void *b, size_t blen, int32_t bid)
+{
+	struct iovec iov[2] = { { (void *)a, alen }, { (void *)b, blen } };
+	client_sendv(c, iov, 2, bid);
 }
 
 void client_on_send(struct client *c, int res)

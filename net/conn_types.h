@@ -169,6 +169,7 @@ struct exchange {
 	uint8_t outcome;          /* enum decision_outcome, set when settled */
 	uint8_t mode_in_force;    /* enum budget_mode, as X-Budget-Enforcement-Mode said */
 	char problem_code[40];    /* code of the problem we answered with */
+	struct stream *stream;    /* a metered stream's state (net/stream.c), or NULL */
 	uint8_t blocked_by;       /* 1 + index of the scope that refused; 0: none */
 	bool allowed;             /* authenticated and reserved */
 	bool settled;             /* the reservation was committed or released */

@@ -524,8 +524,12 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 		return false;
 	}
 	if (!embeddings) {
-		ex->max_output_tokens = pricing_effective_max_output(client_cap, 0,
-								     ex->model->max_output_tokens);
+		/* a stream is held to the key's max_stream_tokens too */
+		bool stream = top->stream.present && top->stream.len == 4 &&
+			      !memcmp(ex->body + top->stream.off, "true", 4);
+		ex->max_output_tokens = pricing_effective_max_output(
+			client_cap, stream ? ex->key->run.max_stream_tokens : 0,
+			ex->model->max_output_tokens);
 		if (!ex->max_output_tokens) {
 			reply_problem(ex, 400, "missing_max_tokens",
 				      "hard_gate needs max_tokens: the model has no cap either");

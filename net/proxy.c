@@ -34,6 +34,7 @@
 #include "net/client.h"
 #include "net/decide.h"
 #include "net/http1.h"
+#include "net/stream.h"
 #include "net/upstream.h"
 
 /* ---- the exchange pool ---- */
@@ -88,6 +89,8 @@ struct exchange *exchange_get(struct shard *s)
 static void exchange_put(struct shard *s, struct exchange *ex)
 {
 	decide_settle(ex);
+	if (ex->stream)
+		stream_free(ex);
 	if (ex->body != ex->inline_body)
 		free(ex->body);
 	struct cfg_hold *hold = ex->hold;
@@ -496,13 +499,21 @@ static bool field_dropped_downstream(const struct http_head *h, uint16_t i)
 	       http1_field_is(h, i, "proxy-connection") || field_listed_in_connection(h, i);
 }
 
+/* A metered stream is re-framed by tollgate: the provider's framing goes. */
+static bool field_dropped_restream(const struct http_head *h, uint16_t i)
+{
+	return http1_field_is(h, i, "transfer-encoding") || http1_field_is(h, i, "content-length") ||
+	       field_dropped_downstream(h, i);
+}
+
 static bool build_client_head(struct exchange *ex)
 {
 	const struct http_head *h = &ex->resp.head;
 	unsigned status = ex->resp.parser.status_code;
 	ex->out_len = 0;
 	bool ok = out_fmt(ex, "HTTP/1.1 %u %s\r\n", status, http1_reason(status));
-	ok = ok && out_fields(ex, h, field_dropped_downstream);
+	ok = ok && out_fields(ex, h, ex->stream ? field_dropped_restream : field_dropped_downstream);
+	ok = ok && (!ex->stream || stream_head_framing(ex));
 	if (ok) {
 		size_t n = decide_headers(ex, ex->out + ex->out_len, ex->out_cap - ex->out_len);
 		ok = n > 0 || !ex->cfg->n_keys;
@@ -549,12 +560,22 @@ static void reply_head_arrived(struct exchange *ex, const char *data, size_t len
 		c->close_after = true;
 	}
 	ex->status = (uint16_t)p->status_code;
+	if (stream_wants(ex) && !stream_start(ex)) {
+		ring_buf_return(&c->shard->ring, bid);
+		log_error("no memory to meter a stream: refused");
+		reply_problem(ex, 503, "no_memory", "the stream cannot be metered: retry");
+		return;
+	}
 	if (!build_client_head(ex)) {
 		ring_buf_return(&c->shard->ring, bid);
 		reply_problem(ex, 502, "upstream_failed", "the provider's reply head is too large");
 		return;
 	}
 	ex->state = EX_RELAY;
+	if (ex->stream) {
+		stream_relay(ex, (char *)data + head_end, len - head_end, bid, ex->out, ex->out_len);
+		return;
+	}
 	/* The parser paused on the head's final LF: feed from there; it is
 	 * consumed again and the body starts one byte later. */
 	size_t n = http1_feed(&ex->resp, data + head_end, len - head_end);
@@ -585,10 +606,17 @@ void proxy_upstream_data(struct exchange *ex, const char *data, size_t len, int3
 			log_warn("provider %s: reply ran past the reservation TTL: cut",
 				 ex->provider->name);
 			ring_buf_return(&s->ring, bid);
-			client_abort(ex->client);
+			if (ex->stream)
+				stream_end_early(ex, "reservation_expired",
+						 "the call ran past its reservation's lifetime: cut off");
+			else
+				client_abort(ex->client);
 			return;
 		}
-		relay_body(ex, data, len, bid);
+		if (ex->stream)
+			stream_relay(ex, (char *)data, len, bid, NULL, 0);
+		else
+			relay_body(ex, data, len, bid);
 		return;
 	}
 	size_t n = http1_feed(&ex->resp, data, len);
@@ -613,7 +641,7 @@ void proxy_upstream_data(struct exchange *ex, const char *data, size_t len, int3
 
 void proxy_client_sent(struct exchange *ex)
 {
-	if (ex->state == EX_LOCAL || ex->resp_complete) {
+	if (ex->state == EX_LOCAL || ex->resp_complete || stream_done(ex)) {
 		exchange_finish(ex);
 		return;
 	}
@@ -629,11 +657,17 @@ void proxy_upstream_closed(struct exchange *ex, int err)
 		if (err == 0 && ex->resp_close_delimited) {
 			http1_feed_eof(&ex->resp);
 			ex->resp_complete = true;
-			exchange_finish(ex);
+			if (ex->stream)
+				stream_relay(ex, NULL, 0, -1, NULL, 0);   /* the terminator */
+			else
+				exchange_finish(ex);
 			return;
 		}
 		log_warn("provider %s: connection lost mid-reply (%d)", ex->provider->name, err);
-		client_abort(ex->client);
+		if (ex->stream)
+			stream_end_early(ex, "upstream_failed", "the provider's stream broke off");
+		else
+			client_abort(ex->client);
 		return;
 	}
 	if (ex->state != EX_CONNECT && ex->resp_bytes == 0 && ex->up_reused && !ex->retried) {
@@ -654,7 +688,10 @@ void proxy_upstream_timeout(struct exchange *ex, uint8_t kind)
 {
 	if (ex->state == EX_RELAY) {
 		log_warn("provider %s: reply stalled mid-body", ex->provider->name);
-		client_abort(ex->client);
+		if (ex->stream)
+			stream_end_early(ex, "upstream_timeout", "the provider's stream stalled");
+		else
+			client_abort(ex->client);
 		return;
 	}
 	log_warn("provider %s: %s timed out", ex->provider->name,

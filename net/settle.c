@@ -10,8 +10,9 @@
  * the reply's last 2 KiB is charged at its reserved worst case), or the
  * whole reservation if the reply carried no usage. A partial reply (reset,
  * timeout, agent gone) spends the whole reservation, since tokens were
- * generated; streaming replies are charged the same way until stream
- * metering lands. A call that got no reply byte releases everything.
+ * generated. A metered stream (net/stream.c) is charged what its meter
+ * saw: the provider's usage, or the counted bound up to its end or cut.
+ * A call that got no reply byte releases everything.
  */
 #include <stdio.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include "core/runs.h"
 #include "core/usage.h"
 #include "net/decide.h"
+#include "net/stream.h"
 
 /*
  * Keeps at least the last EX_USAGE_TAIL bytes of the reply body in a
@@ -62,6 +64,18 @@ static void settle_reservation(struct exchange *ex)
 		budget_release(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, &s->clock);
 		ex->actual_usd = 0;
 		ex->outcome = OUTCOME_RELEASED;
+		return;
+	}
+	if (ex->stream) {
+		/* metered as it passed: the provider's usage if it came, else
+		 * the counted bound of what was generated up to the end or cut */
+		uint64_t input, cached = 0;
+		if (!stream_input_tokens(ex, &input, &cached))
+			input = pricing_input_bound(ex->body_len);
+		ex->actual_usd = pricing_actual(ex->model, input, cached, stream_output_tokens(ex));
+		budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd,
+			      &s->clock);
+		ex->outcome = OUTCOME_COMMITTED;
 		return;
 	}
 	struct usage u;
@@ -117,10 +131,11 @@ static void record(struct exchange *ex)
 		copy(r.selected_model, sizeof(r.selected_model), ex->model->name,
 		     ex->model->name_len);
 	copy(r.code, sizeof(r.code), ex->problem_code, strlen(ex->problem_code));
-	int scope = decide_scope_in_force(ex);
-	if (scope >= 0 && (ex->blocked_by || ex->over))
+	if (ex->blocked_by || ex->over) {   /* (else it would sum every scope again) */
+		int scope = decide_scope_in_force(ex);
 		snprintf(r.scope, sizeof(r.scope), "%s:%s", ex->scope_kind[scope],
 			 ex->scope_name[scope]);
+	}
 	if (ex->tags)
 		copy(r.tags, sizeof(r.tags), ex->tags, ex->tags_len);
 	decisions_put(ex->cfg->decisions, (uint32_t)s->id, &r);

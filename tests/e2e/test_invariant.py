@@ -39,8 +39,8 @@ import threading
 import time
 
 from harness import CHAT, Conn, Mock, problem, request, sse_events, wait_until
-from test_budget import (Price, bearer, body_bytes, budget, key, micros, model,
-                         openai_usage, start, usd)
+from test_budget import (SLACK, Price, bearer, body_bytes, budget, key, micros, model,
+                         openai_usage, start, text_bytes, usd)
 
 RUNS = {"run-a": "sk-inv-a", "run-b": "sk-inv-a", "run-c": "sk-inv-b", "run-d": "sk-inv-b"}
 RUN_LIMIT = micros("1.00")
@@ -455,6 +455,14 @@ def check_committed(st, spent, phase):
 
 # ---------------------------------------------------------------- 2. failures
 
+def stream_error(s):
+    """The code of the final error event of a streamed reply, or None."""
+    for _, data in sse_events(s.payload):
+        if data and data.startswith('{"error"'):
+            return json.loads(data)["error"]["code"]
+    return None
+
+
 def test_invariant_refunds_failures_and_disconnects(env):
     """The same load, with refunds, provider failures and agents leaving.
 
@@ -466,21 +474,24 @@ def test_invariant_refunds_failures_and_disconnects(env):
         status500     complete provider 500           0
         reset0        mockllm resets before any byte  0 (502, released)
         reset_body    reset mid-body (non-stream)     the whole reservation
-        reset_stream  reset after 3 stream events     the whole reservation
-        leave         agent resets its socket after   the whole reservation
-                      the first chunk of a slow stream
+        reset_stream  reset after 3 stream events     input bound + text counted (the
+                                                      agent gets an error event)
+        leave         agent resets its socket after   input bound + text counted until
+                      the first chunk of a slow stream  tollgate saw it go
 
     Each call is classified from what the client saw, never from the kind
     asked for: a 402 costs 0; a complete 200 its usage x price; a complete
-    provider error 0; tollgate's own 502 (no usable reply) 0; a 200 cut
-    short the whole reservation (its estimate, computed here from its body).
+    provider error 0; tollgate's own 502 (no usable reply) 0; a stream the
+    provider broke off, which tollgate ends with an error event, its input
+    bound and the text counted; a non-streamed 200 cut short the whole
+    reservation (its estimate, computed here from its body).
 
     The one charge the client cannot know exactly is `leave`'s: the agent
     is gone before tollgate has the end of the reply, but whether tollgate
     noticed before the provider finished is timing (the stream lasts 400 ms
-    after the first chunk, so it practically always does). Those calls are
-    bounded instead: each is charged between the usage of a complete reply
-    (>= 40 tokens x $400/Mtok) and its estimate. Their exact charge is read
+    after the first chunk, so it practically always does), and how much
+    text had passed by then. Those calls are bounded instead: each is
+    charged between its input bound alone and its estimate. Their exact charge is read
     from each call's decision record (GET /budget/decisions/{id}), which
     must agree with the client for every other call, and the totals must
     then match to the micro-dollar.
@@ -557,8 +568,15 @@ def test_invariant_refunds_failures_and_disconnects(env):
                     cls, charge = "refused", 0
                 elif s.left:
                     cls, charge = "left", None
-                    low[s.run] += pr.actual(1, LEAVE_TOKENS)
+                    low[s.run] += pr.actual(len(s.body) + SLACK, 0)
                     high[s.run] += e
+                elif s.status == 200 and s.complete and stream_error(s):
+                    # a metered stream the provider broke off: ended by tollgate
+                    # with an error event, charged the input at its bound and
+                    # the text counted before the break (net/meter.h)
+                    assert stream_error(s) == "upstream_failed", s
+                    cls = "stream_cut"
+                    charge = pr.actual(len(s.body) + SLACK, min(text_bytes(s.payload), T))
                 elif s.status == 200 and s.complete:
                     if s.body == stream:
                         assert sse_events(s.payload)[-1][1] == "[DONE]", s
@@ -584,14 +602,14 @@ def test_invariant_refunds_failures_and_disconnects(env):
             assert shards_of(results) == {0, 1}, shards_of(results)
             for kind, cls in (("ok", "complete"), ("ok_stream", "complete"),
                               ("status500", "provider_error"), ("reset0", "released"),
-                              ("reset_body", "partial"), ("reset_stream", "partial"),
+                              ("reset_body", "partial"), ("reset_stream", "stream_cut"),
                               ("leave", "left")):
                 assert outcome_of.get((kind, cls), 0) > 0, (kind, cls, outcome_of)
             # Nothing classified against its kind, except refusals.
             odd = {k: v for k, v in outcome_of.items() if k[1] != "refused" and k not in (
                 ("ok", "complete"), ("ok_stream", "complete"),
                 ("status500", "provider_error"), ("reset0", "released"),
-                ("reset_body", "partial"), ("reset_stream", "partial"), ("leave", "left"))}
+                ("reset_body", "partial"), ("reset_stream", "stream_cut"), ("leave", "left"))}
             assert not odd, odd
 
             # No leaked reservation; committed within the bounds.
@@ -622,7 +640,7 @@ def test_invariant_refunds_failures_and_disconnects(env):
                         (s, r)
                 else:
                     assert r["outcome"] == "committed", (s, r)
-                    assert pr.actual(1, LEAVE_TOKENS) <= actual <= E[s.body], (s, r)
+                    assert pr.actual(len(s.body) + SLACK, 0) <= actual <= E[s.body], (s, r)
                     left_whole += actual == E[s.body]
                     spent[s.run] += actual
             check_committed(st, spent, "after the load")

@@ -14,13 +14,14 @@ declare -A srcs=(
   [json_scan]="core/json_scan.c"
   [config]="core/config.c core/arena.c core/money.c core/log.c core/json_scan.c"
   [tags]="core/tags.c"
+  [sse]="net/sse.c"
 )
 declare -A libs=(
   [http1_request]="-lhttp_parser" [http1_response]="-lhttp_parser"
-  [json_scan]="" [config]="-lfyaml -lxxhash -ldl" [tags]=""
+  [json_scan]="" [config]="-lfyaml -lxxhash -ldl" [tags]="" [sse]=""
 )
 fail=0 passed=0 failed=0
-for h in http1_request http1_response json_scan config tags; do
+for h in http1_request http1_response json_scan config tags sse; do
   # shellcheck disable=SC2086
   clang $CFLAGS tests/fuzz/$h.c ${srcs[$h]} -o "$out/$h" ${libs[$h]}
   mkdir -p "$out/corpus-$h"

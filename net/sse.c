@@ -1,0 +1,177 @@
+/*
+ * sse.c — the event-stream state machine (sse.h).
+ *
+ * One byte at a time through the states, except inside a value, where a
+ * run up to the next CR or LF is copied at once: event data is almost all
+ * value bytes, so the per-byte work is a scan and a copy.
+ */
+#include "net/sse.h"
+
+#include <errno.h>
+#include <string.h>
+
+void sse_init(struct sse_parser *p)
+{
+	p->state = SSE_LINE_START;
+	p->name_len = 0;
+	p->name_long = false;
+	p->has_data = false;
+	p->type_len = 0;
+	p->data_len = 0;
+}
+
+static void start_event(struct sse_parser *p)
+{
+	p->has_data = false;
+	p->type_len = 0;
+	p->data_len = 0;
+}
+
+/* The field name is complete: which field is it? */
+static void name_done(struct sse_parser *p)
+{
+	if (p->name_long)
+		p->field = SSE_FIELD_OTHER;
+	else if (p->name_len == 4 && !memcmp(p->name, "data", 4))
+		p->field = SSE_FIELD_DATA;
+	else if (p->name_len == 5 && !memcmp(p->name, "event", 5))
+		p->field = SSE_FIELD_EVENT;
+	else
+		p->field = SSE_FIELD_OTHER;
+	if (p->field == SSE_FIELD_EVENT)
+		p->type_len = 0;   /* the last event: line wins */
+}
+
+/* Appends value bytes to the current field; -E2BIG if too large. */
+static int add_value(struct sse_parser *p, const char *s, size_t n)
+{
+	if (p->field == SSE_FIELD_DATA) {
+		if (n > SSE_MAX_EVENT - p->data_len)
+			return -E2BIG;
+		memcpy(p->data + p->data_len, s, n);
+		p->data_len += (uint32_t)n;
+	} else if (p->field == SSE_FIELD_EVENT) {
+		size_t room = SSE_MAX_TYPE - p->type_len;
+		n = n < room ? n : room;    /* longer types match nothing we know */
+		memcpy(p->type + p->type_len, s, n);
+		p->type_len += (uint8_t)n;
+	}
+	return 0;
+}
+
+/* A data line begins: lines of one event are joined by '\n'. */
+static int begin_value(struct sse_parser *p)
+{
+	if (p->field != SSE_FIELD_DATA)
+		return 0;
+	if (p->has_data) {
+		if (p->data_len == SSE_MAX_EVENT)
+			return -E2BIG;
+		p->data[p->data_len++] = '\n';
+	}
+	p->has_data = true;
+	return 0;
+}
+
+/* A blank line: the event is complete. Returns fn's verdict. */
+static int dispatch(struct sse_parser *p, sse_event_fn fn, void *arg)
+{
+	int stop = 0;
+	if (p->has_data) {
+		struct sse_event ev = { p->type, p->type_len, p->data, p->data_len };
+		stop = fn(arg, &ev);
+	}
+	start_event(p);
+	return stop;
+}
+
+/* The line ended (blank when `blank`); returns fn's verdict. */
+static int line_end(struct sse_parser *p, bool blank, sse_event_fn fn, void *arg)
+{
+	p->name_len = 0;
+	p->name_long = false;
+	return blank ? dispatch(p, fn, arg) : 0;
+}
+
+long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn, void *arg)
+{
+	size_t i = 0;
+	while (i < len) {
+		char c = buf[i];
+		int stop = 0;
+		switch (p->state) {
+		case SSE_AFTER_CR:
+			p->state = SSE_LINE_START;
+			if (c == '\n') {
+				i++;          /* CRLF: the line already ended at the CR */
+				continue;
+			}
+			continue;             /* a lone CR: this byte starts a line */
+		case SSE_LINE_START:
+			if (c == '\r' || c == '\n') {
+				stop = line_end(p, true, fn, arg);
+				p->state = c == '\r' ? SSE_AFTER_CR : SSE_LINE_START;
+			} else if (c == ':') {
+				p->state = SSE_COMMENT;
+			} else {
+				p->state = SSE_NAME;
+				continue;     /* the byte is the name's first */
+			}
+			i++;
+			break;
+		case SSE_NAME:
+			if (c == ':' || c == '\r' || c == '\n') {
+				name_done(p);
+				if (c == ':') {
+					p->state = SSE_SPACE;
+					i++;
+					break;
+				}
+				/* a name alone: the field with an empty value */
+				if (begin_value(p))
+					return -E2BIG;
+				stop = line_end(p, false, fn, arg);
+				p->state = c == '\r' ? SSE_AFTER_CR : SSE_LINE_START;
+				i++;
+				break;
+			}
+			if (p->name_len < sizeof(p->name))
+				p->name[p->name_len++] = c;
+			else
+				p->name_long = true;
+			i++;
+			break;
+		case SSE_SPACE:
+			if (begin_value(p))
+				return -E2BIG;
+			p->state = SSE_VALUE;
+			if (c == ' ')
+				i++;
+			break;
+		case SSE_VALUE: {
+			size_t j = i;
+			while (j < len && buf[j] != '\r' && buf[j] != '\n')
+				j++;
+			if (add_value(p, buf + i, j - i))
+				return -E2BIG;
+			i = j;
+			if (i < len) {
+				stop = line_end(p, false, fn, arg);
+				p->state = buf[i] == '\r' ? SSE_AFTER_CR : SSE_LINE_START;
+				i++;
+			}
+			break;
+		}
+		case SSE_COMMENT:
+			if (c == '\r' || c == '\n') {
+				stop = line_end(p, false, fn, arg);
+				p->state = c == '\r' ? SSE_AFTER_CR : SSE_LINE_START;
+			}
+			i++;
+			break;
+		}
+		if (stop)
+			return (long)i;
+	}
+	return (long)len;
+}

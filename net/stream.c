@@ -1,0 +1,282 @@
+/*
+ * stream.c — the metered stream relay (stream.h).
+ *
+ * Per read: the http parser hands over the body in pieces (de-chunked);
+ * each is moved down to the write point in the same buffer, so the read
+ * becomes one contiguous run of event-stream bytes. The SSE parser walks
+ * it, the meter judges each event, and the run goes to the agent as one
+ * chunk — up to the end of the event that made the meter say stop, if
+ * one did. Then comes the final event and the terminator, and the
+ * provider connection is closed: nothing more is read or paid for.
+ *
+ * States: RELAYING → (CUT | ENDED); a stream that is cut or ended sends
+ * nothing more.
+ */
+#include "net/stream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "core/money.h"
+#include "core/shard.h"
+#include "net/client.h"
+#include "net/http1.h"
+#include "net/meter.h"
+#include "net/proxy.h"
+#include "net/sse.h"
+#include "net/upstream.h"
+
+enum stream_state { STREAM_RELAYING, STREAM_CUT, STREAM_ENDED };
+
+struct stream {
+	struct sse_parser sse;
+	struct meter meter;
+	uint8_t state;              /* enum stream_state */
+	bool chunked;               /* the agent gets chunked framing */
+	bool sent_chunk;            /* a chunk went out: the next header closes it */
+	const char *cut_code;       /* why it was cut */
+	char *write;                /* de-chunking write point in the current read */
+	uint32_t tail_len;
+	char hdr[24];               /* "\r\n" + chunk size + "\r\n" */
+	char tail[1024];            /* what follows the data: CRLF, final event, terminator */
+};
+
+bool stream_wants(const struct exchange *ex)
+{
+	if (!ex->allowed || ex->status < 200 || ex->status >= 300)
+		return false;
+	uint32_t len;
+	const char *ct = http1_field(&ex->resp.head, "content-type", &len);
+	return ct && len >= 17 && !strncasecmp(ct, "text/event-stream", 17);
+}
+
+bool stream_start(struct exchange *ex)
+{
+	struct stream *s = malloc(sizeof(*s));
+	if (!s)
+		return false;
+	sse_init(&s->sse);
+	meter_init(&s->meter, (uint8_t)ex->provider->format, false);
+	s->state = STREAM_RELAYING;
+	/* HTTP/1.0 agents read to the close; the rest get chunks */
+	s->chunked = !(ex->req.parser.http_major == 1 && ex->req.parser.http_minor == 0);
+	if (!s->chunked)
+		ex->client->close_after = true;
+	s->sent_chunk = false;
+	s->cut_code = NULL;
+	s->tail_len = 0;
+	ex->stream = s;
+	return true;
+}
+
+void stream_free(struct exchange *ex)
+{
+	free(ex->stream);
+	ex->stream = NULL;
+}
+
+bool stream_head_framing(struct exchange *ex)
+{
+	if (!ex->stream->chunked)
+		return true;
+	static const char te[] = "Transfer-Encoding: chunked\r\n";
+	if (ex->out_len + sizeof(te) - 1 > ex->out_cap)
+		return false;
+	memcpy(ex->out + ex->out_len, te, sizeof(te) - 1);
+	ex->out_len += sizeof(te) - 1;
+	return true;
+}
+
+/* The http parser's body pieces, moved down to the write point. */
+static int compact_body(struct http_msg *m, const char *data, size_t len)
+{
+	struct exchange *ex = m->owner;
+	struct stream *s = ex->stream;
+	memmove(s->write, data, len);
+	s->write += len;
+	return 0;
+}
+
+static void put_tail(struct stream *s, const char *text, size_t n)
+{
+	if (s->tail_len + n <= sizeof(s->tail)) {
+		memcpy(s->tail + s->tail_len, text, n);
+		s->tail_len += (uint32_t)n;
+	}
+}
+
+/* Frames `n` bytes of event text as the agent reads it: as a chunk (or
+ * as is when close-delimited), into the tail. */
+static void put_chunk_text(struct stream *s, const char *text, size_t n)
+{
+	if (s->chunked) {
+		char size[24];
+		put_tail(s, size, (size_t)snprintf(size, sizeof(size), "%s%zx\r\n",
+						   s->sent_chunk ? "\r\n" : "", n));
+		s->sent_chunk = true;
+	}
+	put_tail(s, text, n);
+}
+
+/* The final event of SPEC §5 in the provider's format, then the end of
+ * the body (the chunk terminator; or nothing when the close ends it). */
+static void put_final_event(struct exchange *ex, const char *code, const char *message)
+{
+	struct stream *s = ex->stream;
+	char ev[700], reserved[32];
+	money_format(ex->reserved_usd, reserved, sizeof(reserved));
+	int n;
+	if (ex->provider->format == FORMAT_ANTHROPIC)
+		n = snprintf(ev, sizeof(ev),
+			     "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":"
+			     "\"budget_exhausted\",\"code\":\"%s\",\"message\":\"%s\"}}\n\n",
+			     code, message);
+	else
+		n = snprintf(ev, sizeof(ev),
+			     "data: {\"error\":{\"type\":\"budget_exhausted\",\"code\":\"%s\","
+			     "\"message\":\"%s\",\"budget\":{\"run_id\":\"%s\",\"reserved_usd\":\"%s\","
+			     "\"counted_output_tokens\":%llu}}}\n\ndata: [DONE]\n\n",
+			     code, message, ex->run ? ex->run->id : "", reserved,
+			     (unsigned long long)stream_output_tokens(ex));
+	if (n > 0 && (size_t)n < sizeof(ev))
+		put_chunk_text(s, ev, (size_t)n);
+	if (s->chunked)
+		put_tail(s, s->sent_chunk ? "\r\n0\r\n\r\n" : "0\r\n\r\n",
+			 s->sent_chunk ? 7 : 5);
+}
+
+/* The end of a body that ended well: the terminator. */
+static void put_end(struct stream *s)
+{
+	if (s->chunked)
+		put_tail(s, s->sent_chunk ? "\r\n0\r\n\r\n" : "0\r\n\r\n", s->sent_chunk ? 7 : 5);
+}
+
+static const char *cut_message(const char *code)
+{
+	if (!strcmp(code, "loop_detected"))
+		return "the generation repeats itself: cut off";
+	if (!strcmp(code, "stream_token_cap"))
+		return "the stream passed its output token cap: cut off";
+	return "the provider's stream could not be metered: cut off";
+}
+
+/* Judges one event; non-zero stops the SSE parser right after it. */
+static int on_event(void *arg, const struct sse_event *ev)
+{
+	struct exchange *ex = arg;
+	struct stream *s = ex->stream;
+	enum meter_verdict v = meter_event(&s->meter, ev);
+	if (v == METER_LOOP)
+		s->cut_code = "loop_detected";
+	else if (v == METER_GARBAGE)
+		s->cut_code = "upstream_garbage";
+	else if (s->meter.text_events > ex->max_output_tokens)
+		/* one token per text event is a lower bound: the provider is
+		 * past the cap it was given, for certain */
+		s->cut_code = "stream_token_cap";
+	return s->cut_code != NULL;
+}
+
+/* Stops reading the provider: its connection cannot be reused. */
+static void close_upstream(struct exchange *ex)
+{
+	if (ex->up) {
+		upstream_close(ex->up);
+		ex->up = NULL;
+	}
+}
+
+void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
+		  const char *head, size_t head_len)
+{
+	struct stream *s = ex->stream;
+	struct shard *sh = ex->client->shard;
+	s->write = data;
+	s->tail_len = 0;
+	ex->resp.on_body = compact_body;
+	if (len) {   /* none: the provider's close ended the body (already fed) */
+		size_t n = http1_feed(&ex->resp, data, len);
+		if (ex->resp.event == HTTP_ERROR) {
+			s->cut_code = "upstream_garbage";
+		} else if (ex->resp.event == HTTP_MESSAGE_DONE) {
+			ex->resp_complete = true;
+			ex->resp_extra = n < len;
+		}
+	}
+	size_t body = (size_t)(s->write - data), pass = body;
+	if (s->state == STREAM_RELAYING && !s->cut_code) {
+		long n = sse_feed(&s->sse, data, body, on_event, ex);
+		if (n < 0)
+			s->cut_code = "upstream_garbage";   /* an event past SSE_MAX_EVENT */
+		else
+			pass = (size_t)n;
+	}
+	if (s->state != STREAM_RELAYING)
+		pass = 0;
+	/* the chunk header of the data, then what follows it */
+	size_t hdr_len = 0;
+	if (pass && s->chunked) {
+		hdr_len = (size_t)snprintf(s->hdr, sizeof(s->hdr), "%s%zx\r\n",
+					   s->sent_chunk ? "\r\n" : "", pass);
+		s->sent_chunk = true;
+	}
+	if (s->state == STREAM_RELAYING && s->cut_code) {
+		log_warn("stream of %s cut: %s", ex->model->name, s->cut_code);
+		s->state = STREAM_CUT;
+		close_upstream(ex);
+		put_final_event(ex, s->cut_code, cut_message(s->cut_code));
+	} else if (s->state == STREAM_RELAYING && ex->resp_complete) {
+		s->state = STREAM_ENDED;
+		put_end(s);
+	}
+	struct iovec iov[4] = { { (void *)head, head_len }, { s->hdr, hdr_len },
+				{ data, pass }, { s->tail, s->tail_len } };
+	if (!head_len && !hdr_len && !pass && !s->tail_len) {
+		if (bid >= 0)
+			ring_buf_return(&sh->ring, bid);
+		proxy_client_sent(ex);   /* nothing to send: read on */
+		return;
+	}
+	client_sendv(ex->client, iov, 4, bid);
+}
+
+void stream_end_early(struct exchange *ex, const char *code, const char *message)
+{
+	struct stream *s = ex->stream;
+	if (s->state != STREAM_RELAYING) {
+		client_abort(ex->client);
+		return;
+	}
+	s->state = STREAM_CUT;
+	s->cut_code = code;
+	s->tail_len = 0;
+	close_upstream(ex);
+	put_final_event(ex, code, message);
+	struct iovec iov[1] = { { s->tail, s->tail_len } };
+	client_sendv(ex->client, iov, 1, -1);
+}
+
+bool stream_done(const struct exchange *ex)
+{
+	return ex->stream && ex->stream->state != STREAM_RELAYING;
+}
+
+uint64_t stream_output_tokens(const struct exchange *ex)
+{
+	return meter_output_tokens(&ex->stream->meter, ex->max_output_tokens);
+}
+
+bool stream_input_tokens(const struct exchange *ex, uint64_t *input, uint64_t *cached)
+{
+	const struct usage *u = &ex->stream->meter.usage;
+	if (!u->has_input)
+		return false;
+	*input = u->input_tokens;
+	*cached = u->cached_tokens;
+	return true;
+}
