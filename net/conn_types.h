@@ -46,7 +46,7 @@ struct stash {
 };
 
 /* One pending send: up to four pieces, advanced on partial completion. */
-#define SENDQ_MAX_IOV 4
+#define SENDQ_MAX_IOV 8
 struct sendq {
 	struct msghdr msg;
 	struct iovec iov[SENDQ_MAX_IOV];
@@ -170,6 +170,7 @@ struct exchange {
 	uint8_t mode_in_force;    /* enum budget_mode, as X-Budget-Enforcement-Mode said */
 	char problem_code[40];    /* code of the problem we answered with */
 	struct stream *stream;    /* a metered stream's state (net/stream.c), or NULL */
+	bool inject_usage;        /* include_usage added to the request: drop its chunk */
 	uint8_t blocked_by;       /* 1 + index of the scope that refused; 0: none */
 	bool allowed;             /* authenticated and reserved */
 	bool settled;             /* the reservation was committed or released */

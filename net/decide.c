@@ -530,6 +530,9 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 		ex->max_output_tokens = pricing_effective_max_output(
 			client_cap, stream ? ex->key->run.max_stream_tokens : 0,
 			ex->model->max_output_tokens);
+		/* an OpenAI stream reports usage only if asked: ask (proxy.c) */
+		ex->inject_usage = stream && ex->model->provider->format == FORMAT_OPENAI &&
+				   !top->stream_options.present;
 		if (!ex->max_output_tokens) {
 			reply_problem(ex, 400, "missing_max_tokens",
 				      "hard_gate needs max_tokens: the model has no cap either");

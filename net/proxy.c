@@ -329,22 +329,32 @@ static bool out_fields(struct exchange *ex, const struct http_head *h,
 }
 
 /* The body as sent upstream: the model name swapped for upstream_model
- * when the config maps it, or for the alternative a downgrade chose.
- * Fills iov[0..), returns the count. */
+ * when the config maps it, or for the alternative a downgrade chose; and
+ * for an OpenAI stream whose agent did not ask for usage, include_usage
+ * added (SPEC §3), so the stream reports what it cost. Fills iov[0..5),
+ * returns the count. */
 static int body_iov(struct exchange *ex, const struct json_top *top, struct iovec *iov)
 {
+	static const char usage_opt[] = ",\"stream_options\":{\"include_usage\":true}";
 	const char *m = ex->model->upstream_model;
 	if (!m && ex->requested_model)
 		m = ex->model->name;
-	if (!m) {
-		iov[0] = (struct iovec){ ex->body, ex->body_len };
-		return ex->body_len ? 1 : 0;
+	int n = 0;
+	size_t from = 0;
+	if (m) {
+		iov[n++] = (struct iovec){ ex->body, top->model.off };
+		iov[n++] = (struct iovec){ (void *)m, strlen(m) };
+		from = top->model.off + top->model.len;
 	}
-	iov[0] = (struct iovec){ ex->body, top->model.off };
-	iov[1] = (struct iovec){ (void *)m, strlen(m) };
-	size_t tail = top->model.off + top->model.len;
-	iov[2] = (struct iovec){ ex->body + tail, ex->body_len - tail };
-	return 3;
+	if (ex->inject_usage) {
+		/* before the object's closing brace (a streaming body has members) */
+		iov[n++] = (struct iovec){ ex->body + from, top->end_of_object - from };
+		iov[n++] = (struct iovec){ (void *)usage_opt, sizeof(usage_opt) - 1 };
+		from = top->end_of_object;
+	}
+	if (ex->body_len > from)
+		iov[n++] = (struct iovec){ ex->body + from, ex->body_len - from };
+	return n;
 }
 
 static uint64_t iov_bytes(const struct iovec *iov, int n)
@@ -454,7 +464,7 @@ void proxy_request(struct exchange *ex)
 	}
 	if (!decide_request(ex, &top, !strcmp(route->path, "/v1/embeddings")))
 		return;
-	struct iovec body[3];
+	struct iovec body[5];
 	int n_body = body_iov(ex, &top, body);
 	/* path after "/v1", query included */
 	if (!build_upstream_head(ex, url + 3, h->url.len - 3, iov_bytes(body, n_body))) {

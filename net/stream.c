@@ -39,6 +39,14 @@ struct stream {
 	bool chunked;               /* the agent gets chunked framing */
 	bool sent_chunk;            /* a chunk went out: the next header closes it */
 	const char *cut_code;       /* why it was cut */
+	uint8_t verdict;            /* enum meter_verdict of the last event */
+	bool event_done;            /* on_event ran since the last sse_feed */
+	/* With the usage chunk to drop, an event that a read leaves unfinished
+	 * is held back until it is whole: held[cur] goes out first next time.
+	 * Two buffers, since one may be in flight while the next is filled. */
+	char *held[2];
+	uint32_t held_len[2];
+	uint8_t cur;
 	char *write;                /* de-chunking write point in the current read */
 	uint32_t tail_len;
 	char hdr[24];               /* "\r\n" + chunk size + "\r\n" */
@@ -60,7 +68,7 @@ bool stream_start(struct exchange *ex)
 	if (!s)
 		return false;
 	sse_init(&s->sse);
-	meter_init(&s->meter, (uint8_t)ex->provider->format, false);
+	meter_init(&s->meter, (uint8_t)ex->provider->format, ex->inject_usage);
 	s->state = STREAM_RELAYING;
 	/* HTTP/1.0 agents read to the close; the rest get chunks */
 	s->chunked = !(ex->req.parser.http_major == 1 && ex->req.parser.http_minor == 0);
@@ -68,6 +76,10 @@ bool stream_start(struct exchange *ex)
 		ex->client->close_after = true;
 	s->sent_chunk = false;
 	s->cut_code = NULL;
+	s->event_done = false;
+	s->held[0] = s->held[1] = NULL;
+	s->held_len[0] = s->held_len[1] = 0;
+	s->cur = 0;
 	s->tail_len = 0;
 	ex->stream = s;
 	return true;
@@ -75,6 +87,8 @@ bool stream_start(struct exchange *ex)
 
 void stream_free(struct exchange *ex)
 {
+	free(ex->stream->held[0]);
+	free(ex->stream->held[1]);
 	free(ex->stream);
 	ex->stream = NULL;
 }
@@ -165,12 +179,15 @@ static const char *cut_message(const char *code)
 	return "the provider's stream could not be metered: cut off";
 }
 
-/* Judges one event; non-zero stops the SSE parser right after it. */
+/* Judges one event and stops the SSE parser right after it, so that the
+ * relay knows where each event ends. */
 static int on_event(void *arg, const struct sse_event *ev)
 {
 	struct exchange *ex = arg;
 	struct stream *s = ex->stream;
 	enum meter_verdict v = meter_event(&s->meter, ev);
+	s->verdict = (uint8_t)v;
+	s->event_done = true;
 	if (v == METER_LOOP)
 		s->cut_code = "loop_detected";
 	else if (v == METER_GARBAGE)
@@ -179,7 +196,7 @@ static int on_event(void *arg, const struct sse_event *ev)
 		/* one token per text event is a lower bound: the provider is
 		 * past the cap it was given, for certain */
 		s->cut_code = "stream_token_cap";
-	return s->cut_code != NULL;
+	return 1;
 }
 
 /* Stops reading the provider: its connection cannot be reused. */
@@ -191,6 +208,78 @@ static void close_upstream(struct exchange *ex)
 	}
 }
 
+#define HELD_MAX (SSE_MAX_EVENT + 1024)   /* an event's data plus its field names */
+
+/* Keeps a[0..an) + b[0..bn), an unfinished event, to go out before the
+ * next read. False if it is larger than any event the parser accepts. */
+static bool hold2(struct stream *s, const char *a, size_t an, const char *b, size_t bn)
+{
+	uint8_t next = s->cur ^ 1;
+	if (an + bn > HELD_MAX)
+		return false;
+	if (!s->held[next] && !(s->held[next] = malloc(HELD_MAX)))
+		return false;
+	if (an)
+		memcpy(s->held[next], a, an);
+	memcpy(s->held[next] + an, b, bn);
+	s->held_len[next] = (uint32_t)(an + bn);
+	return true;
+}
+
+/*
+ * Meters body[0..len) event by event and compacts in place what goes to
+ * the agent: every event, except a dropped usage chunk, up to the one the
+ * meter stopped at (if any). *held_out says whether the event held from
+ * the last read goes out too. Returns the bytes kept.
+ */
+static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held_out)
+{
+	struct stream *s = ex->stream;
+	bool holding = s->meter.drop_usage_chunk;
+	size_t out = 0, start = 0, pos = 0;    /* start: where the current event began */
+	bool start_in_held = s->held_len[s->cur] > 0;
+	*held_out = start_in_held;
+	while (pos < len && !s->cut_code) {
+		s->event_done = false;
+		long n = sse_feed(&s->sse, body + pos, len - pos, on_event, ex);
+		if (n < 0) {
+			s->cut_code = "upstream_garbage";   /* an event past SSE_MAX_EVENT */
+			break;
+		}
+		pos += (size_t)n;
+		if (!s->event_done)
+			break;                             /* the rest is an unfinished event */
+		if (s->verdict == METER_DROP || s->verdict == METER_GARBAGE) {
+			/* the usage chunk we asked for, or what cannot be metered */
+			*held_out = *held_out && !start_in_held;
+		} else {
+			memmove(body + out, body + start, pos - start);
+			out += pos - start;
+		}
+		start = pos;
+		start_in_held = false;
+	}
+	if (s->cut_code)
+		return out;
+	/* what is left is the start of an event: on now, or held until whole */
+	if (holding && !ex->resp_complete) {
+		bool ok;
+		if (start_in_held) {
+			/* no event ended in this read: the held one goes on */
+			*held_out = false;
+			ok = hold2(s, s->held[s->cur], s->held_len[s->cur], body, len);
+		} else {
+			ok = hold2(s, NULL, 0, body + start, len - start);
+		}
+		if (!ok)
+			s->cut_code = "upstream_garbage";
+		return out;
+	}
+	s->held_len[s->cur ^ 1] = 0;
+	memmove(body + out, body + start, len - start);
+	return out + len - start;
+}
+
 void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 		  const char *head, size_t head_len)
 {
@@ -198,6 +287,7 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 	struct shard *sh = ex->client->shard;
 	s->write = data;
 	s->tail_len = 0;
+	s->held_len[s->cur ^ 1] = 0;
 	ex->resp.on_body = compact_body;
 	if (len) {   /* none: the provider's close ended the body (already fed) */
 		size_t n = http1_feed(&ex->resp, data, len);
@@ -208,21 +298,18 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 			ex->resp_extra = n < len;
 		}
 	}
-	size_t body = (size_t)(s->write - data), pass = body;
-	if (s->state == STREAM_RELAYING && !s->cut_code) {
-		long n = sse_feed(&s->sse, data, body, on_event, ex);
-		if (n < 0)
-			s->cut_code = "upstream_garbage";   /* an event past SSE_MAX_EVENT */
-		else
-			pass = (size_t)n;
-	}
-	if (s->state != STREAM_RELAYING)
-		pass = 0;
+	size_t body = (size_t)(s->write - data), pass = 0;
+	bool held_out = false;
+	if (s->state == STREAM_RELAYING && !s->cut_code)
+		pass = meter_body(ex, data, body, &held_out);
+	const char *held = s->held[s->cur];
+	size_t held_len = held_out ? s->held_len[s->cur] : 0;
+	s->cur ^= 1;   /* what this read left unfinished goes out next time */
 	/* the chunk header of the data, then what follows it */
 	size_t hdr_len = 0;
-	if (pass && s->chunked) {
+	if ((pass || held_len) && s->chunked) {
 		hdr_len = (size_t)snprintf(s->hdr, sizeof(s->hdr), "%s%zx\r\n",
-					   s->sent_chunk ? "\r\n" : "", pass);
+					   s->sent_chunk ? "\r\n" : "", held_len + pass);
 		s->sent_chunk = true;
 	}
 	if (s->state == STREAM_RELAYING && s->cut_code) {
@@ -234,15 +321,16 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 		s->state = STREAM_ENDED;
 		put_end(s);
 	}
-	struct iovec iov[4] = { { (void *)head, head_len }, { s->hdr, hdr_len },
-				{ data, pass }, { s->tail, s->tail_len } };
-	if (!head_len && !hdr_len && !pass && !s->tail_len) {
+	struct iovec iov[5] = { { (void *)head, head_len }, { s->hdr, hdr_len },
+				{ (void *)held, held_len }, { data, pass },
+				{ s->tail, s->tail_len } };
+	if (!head_len && !hdr_len && !pass && !held_len && !s->tail_len) {
 		if (bid >= 0)
 			ring_buf_return(&sh->ring, bid);
 		proxy_client_sent(ex);   /* nothing to send: read on */
 		return;
 	}
-	client_sendv(ex->client, iov, 4, bid);
+	client_sendv(ex->client, iov, 5, bid);
 }
 
 void stream_end_early(struct exchange *ex, const char *code, const char *message)

@@ -605,16 +605,19 @@ def test_commit_from_usage(env):
                 st = settled(tg, "sk-k", spent, limit)
                 assert st["committed"] == spent and st["reserved"] == 0, (i, st, spent)
         settled(tg, "sk-k", spent, limit, scope="key:k")
-        # An OpenAI stream that carries no usage: the input at its bound and
-        # the output counted as it passed, one token per byte of text
-        # (net/meter.h's upper bound), at most the call's cap.
+        # An OpenAI stream whose agent did not ask for usage: tollgate asks
+        # for it (include_usage), charges it, and drops the extra chunk. What
+        # mockllm reports for it is learnt by asking mockllm directly.
         b = chat("o", 50, stream=True)
         r = call(tg, CHAT, b, dict(bearer("sk-k"), **{"x-mock-tokens": "4"}))
         assert r.status == 200 and sse_events(r.body)[-1][1] == "[DONE]", r
         assert b'"usage"' not in r.body
-        spent += po.actual(len(b) + SLACK, min(text_bytes(r.body), 50))
+        direct = call(mk, CHAT, chat("o", 50, stream=True,
+                                     stream_options={"include_usage": True}),
+                      {"x-mock-tokens": "4"})
+        spent += po.actual(*openai_usage(direct))
         settled(tg, "sk-k", spent, limit, scope="key:k")
-        assert mk.stats()["requests"] == len(calls) + 1
+        assert mk.stats()["requests"] == len(calls) + 2
 
 
 def test_anthropic_stream_charges_input(env):
