@@ -937,11 +937,6 @@ static int section_keys(struct loader *ld, struct fy_node *k, struct fy_node *v,
 		else if (!key->id || !key->team_name || !key->has_secret) {
 			load_error(ld, key->line, "keys[]: id, secret_sha256 and team are required");
 			rc = -EINVAL;
-		} else if (key->run.stream_lease) {
-			/* refused, not ignored: it would mean less reserved than asked */
-			load_error(ld, key->line, "keys[%s]: run.stream_lease is not supported by "
-				   "this build yet", key->id);
-			rc = -EINVAL;
 		}
 	}
 	return rc;

@@ -171,6 +171,7 @@ struct exchange {
 	char problem_code[40];    /* code of the problem we answered with */
 	struct stream *stream;    /* a metered stream's state (net/stream.c), or NULL */
 	bool inject_usage;        /* include_usage added to the request: drop its chunk */
+	bool stream_lease;        /* reserved_usd is extended as the stream goes */
 	uint8_t blocked_by;       /* 1 + index of the scope that refused; 0: none */
 	bool allowed;             /* authenticated and reserved */
 	bool settled;             /* the reservation was committed or released */

@@ -30,6 +30,7 @@
 #include "core/tags.h"
 #include "net/alternatives.h"
 #include "net/http1.h"
+#include "net/stream.h"
 #include "net/proxy.h"
 
 /* The agent's key from Authorization: Bearer or x-api-key, or NULL. */
@@ -523,10 +524,10 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 		reply_problem(ex, 400, "invalid_request", "max_tokens must be an integer in [0, 1e9]");
 		return false;
 	}
+	/* a stream is held to the key's max_stream_tokens too */
+	bool stream = !embeddings && top->stream.present && top->stream.len == 4 &&
+		      !memcmp(ex->body + top->stream.off, "true", 4);
 	if (!embeddings) {
-		/* a stream is held to the key's max_stream_tokens too */
-		bool stream = top->stream.present && top->stream.len == 4 &&
-			      !memcmp(ex->body + top->stream.off, "true", 4);
 		ex->max_output_tokens = pricing_effective_max_output(
 			client_cap, stream ? ex->key->run.max_stream_tokens : 0,
 			ex->model->max_output_tokens);
@@ -546,7 +547,18 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	if (!open_run(ex))
 		return false;
 	collect_scopes(ex);
-	int refused = reserve(ex, e.usd);
+	/* A stream under run.stream_lease starts with its input and one lease
+	 * step of output reserved, and extends as it goes (net/stream.c), so
+	 * parallel streams do not lock up the budget their worst cases would. */
+	int64_t first = e.usd;
+	if (stream && ex->key->run.stream_lease) {
+		struct estimate step;
+		pricing_estimate(ex->model, ex->body_len,
+				 MIN(ex->max_output_tokens, STREAM_LEASE_TOKENS), &step);
+		first = step.usd;
+		ex->stream_lease = true;
+	}
+	int refused = reserve(ex, first);
 	if (refused >= 0) {
 		struct call_shape shape = { top, client_cap, embeddings };
 		if (!wants_downgrade(ex, refused) || !downgrade(ex, &shape)) {

@@ -155,6 +155,9 @@ enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev)
 			if (u.has_output) {
 				m->usage.output_tokens = u.output_tokens;
 				m->usage.has_output = true;
+				/* message_start's output_tokens is not the reply's */
+				m->output_final = m->format == FORMAT_OPENAI ||
+						  is(ev, "message_delta");
 			}
 			m->saw_usage = true;
 			/* OpenAI's usage chunk: "choices": [] and the usage */
@@ -172,10 +175,7 @@ enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev)
 
 uint64_t meter_output_tokens(const struct meter *m, uint64_t cap)
 {
-	/* Anthropic's message_start carries output_tokens: 1; only the final
-	 * message_delta's count is the reply's. */
-	if (m->usage.has_output && (m->format == FORMAT_OPENAI || m->saw_usage) &&
-	    m->usage.output_tokens >= m->text_events)
+	if (m->output_final)
 		return m->usage.output_tokens;
 	return m->bytes < cap ? m->bytes : cap;
 }

@@ -38,6 +38,8 @@ struct meter {
 	uint8_t format;           /* enum provider_format */
 	bool drop_usage_chunk;    /* OpenAI: we added include_usage, the agent did not */
 	bool saw_usage;
+	bool output_final;        /* the provider's output count is the reply's
+				   * (OpenAI's usage chunk, Anthropic's message_delta) */
 	uint32_t events;
 	uint64_t bytes;           /* generated text, as carried (the upper bound) */
 	uint64_t text_events;     /* events that carried text (the lower bound) */

@@ -170,8 +170,14 @@ long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn
 			i++;
 			break;
 		}
-		if (stop)
+		if (stop) {
+			/* a CRLF blank line ends at its LF, if this read has it */
+			if (p->state == SSE_AFTER_CR && i < len && buf[i] == '\n') {
+				p->state = SSE_LINE_START;
+				i++;
+			}
 			return (long)i;
+		}
 	}
 	return (long)len;
 }

@@ -22,6 +22,8 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/money.h"
+#include "core/pricing.h"
+#include "core/budget.h"
 #include "core/shard.h"
 #include "net/client.h"
 #include "net/http1.h"
@@ -39,13 +41,16 @@ struct stream {
 	bool chunked;               /* the agent gets chunked framing */
 	bool sent_chunk;            /* a chunk went out: the next header closes it */
 	const char *cut_code;       /* why it was cut */
+	char cut_buf[40];           /* "<scope>_ceiling_reached" */
 	uint8_t verdict;            /* enum meter_verdict of the last event */
 	bool event_done;            /* on_event ran since the last sse_feed */
-	/* With the usage chunk to drop, an event that a read leaves unfinished
-	 * is held back until it is whole: held[cur] goes out first next time.
-	 * Two buffers, since one may be in flight while the next is filled. */
+	/* An event that a read leaves unfinished is held back until it is
+	 * whole, so the agent only ever gets whole events (a cut never leaves
+	 * half of one, and the usage chunk can be dropped whole): held[cur]
+	 * goes out first next time. Two buffers, since one may be in flight
+	 * while the next is filled. */
 	char *held[2];
-	uint32_t held_len[2];
+	uint32_t held_len[2], held_cap[2];
 	uint8_t cur;
 	char *write;                /* de-chunking write point in the current read */
 	uint32_t tail_len;
@@ -79,6 +84,7 @@ bool stream_start(struct exchange *ex)
 	s->event_done = false;
 	s->held[0] = s->held[1] = NULL;
 	s->held_len[0] = s->held_len[1] = 0;
+	s->held_cap[0] = s->held_cap[1] = 0;
 	s->cur = 0;
 	s->tail_len = 0;
 	ex->stream = s;
@@ -143,6 +149,10 @@ static void put_final_event(struct exchange *ex, const char *code, const char *m
 	struct stream *s = ex->stream;
 	char ev[700], reserved[32];
 	money_format(ex->reserved_usd, reserved, sizeof(reserved));
+	/* the last line ended with a CR whose LF has not come: a CRLF stream
+	 * would send it next, and after a lone CR it is read as part of it */
+	if (s->sse.state == SSE_AFTER_CR)
+		put_chunk_text(s, "\n", 1);
 	int n;
 	if (ex->provider->format == FORMAT_ANTHROPIC)
 		n = snprintf(ev, sizeof(ev),
@@ -176,7 +186,40 @@ static const char *cut_message(const char *code)
 		return "the generation repeats itself: cut off";
 	if (!strcmp(code, "stream_token_cap"))
 		return "the stream passed its output token cap: cut off";
+	if (strstr(code, "_ceiling_reached"))
+		return "the budget cannot cover more of this stream: cut off";
 	return "the provider's stream could not be metered: cut off";
+}
+
+/*
+ * stream_lease: keeps what is reserved at least one lease step above what
+ * the stream has cost so far (input at its bound, output as counted),
+ * never above its worst case. An extension is a reservation like any
+ * other: on every scope or none. Refused, the stream is cut: that scope's
+ * ceiling is reached, while what it has cost is still covered. (A single
+ * event larger than the step could pass the reservation by what it
+ * carried; that output was generated, so it is charged.)
+ */
+static void extend_lease(struct exchange *ex)
+{
+	struct stream *s = ex->stream;
+	int64_t so_far = pricing_actual(ex->model, pricing_input_bound(ex->body_len), 0,
+					stream_output_tokens(ex));
+	int64_t step = pricing_cost(STREAM_LEASE_TOKENS, ex->model->output_per_mtok);
+	if (ex->reserved_usd - so_far >= step || ex->reserved_usd >= ex->estimate_usd)
+		return;
+	int64_t more = MIN(so_far + step - ex->reserved_usd, ex->estimate_usd - ex->reserved_usd);
+	struct shard *sh = ex->client->shard;
+	uint32_t over;
+	int refused = budget_reserve(ex->scopes, ex->n_scopes, (uint32_t)sh->id, more,
+				     &sh->clock, &over);
+	if (refused < 0) {
+		ex->reserved_usd += more;
+		ex->over |= (uint8_t)over;
+		return;
+	}
+	snprintf(s->cut_buf, sizeof(s->cut_buf), "%s_ceiling_reached", ex->scope_kind[refused]);
+	s->cut_code = s->cut_buf;
 }
 
 /* Judges one event and stops the SSE parser right after it, so that the
@@ -196,6 +239,8 @@ static int on_event(void *arg, const struct sse_event *ev)
 		/* one token per text event is a lower bound: the provider is
 		 * past the cap it was given, for certain */
 		s->cut_code = "stream_token_cap";
+	else if (ex->stream_lease)
+		extend_lease(ex);
 	return 1;
 }
 
@@ -215,10 +260,18 @@ static void close_upstream(struct exchange *ex)
 static bool hold2(struct stream *s, const char *a, size_t an, const char *b, size_t bn)
 {
 	uint8_t next = s->cur ^ 1;
-	if (an + bn > HELD_MAX)
+	size_t need = an + bn;
+	if (need > HELD_MAX)
 		return false;
-	if (!s->held[next] && !(s->held[next] = malloc(HELD_MAX)))
-		return false;
+	if (need > s->held_cap[next]) {
+		/* grown as events need, so a stream of small events holds little */
+		size_t cap = need < 512 ? 512 : need * 2 < HELD_MAX ? need * 2 : HELD_MAX;
+		char *p = realloc(s->held[next], cap);
+		if (!p)
+			return false;
+		s->held[next] = p;
+		s->held_cap[next] = (uint32_t)cap;
+	}
 	if (an)
 		memcpy(s->held[next], a, an);
 	memcpy(s->held[next] + an, b, bn);
@@ -230,15 +283,16 @@ static bool hold2(struct stream *s, const char *a, size_t an, const char *b, siz
  * Meters body[0..len) event by event and compacts in place what goes to
  * the agent: every event, except a dropped usage chunk, up to the one the
  * meter stopped at (if any). *held_out says whether the event held from
- * the last read goes out too. Returns the bytes kept.
+ * the last read goes out too. `broken`: the provider's framing broke after
+ * these bytes, so only whole events go. Returns the bytes kept.
  */
-static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held_out)
+static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held_out,
+			 bool broken)
 {
 	struct stream *s = ex->stream;
-	bool holding = s->meter.drop_usage_chunk;
 	size_t out = 0, start = 0, pos = 0;    /* start: where the current event began */
 	bool start_in_held = s->held_len[s->cur] > 0;
-	*held_out = start_in_held;
+	*held_out = false;
 	while (pos < len && !s->cut_code) {
 		s->event_done = false;
 		long n = sse_feed(&s->sse, body + pos, len - pos, on_event, ex);
@@ -249,35 +303,31 @@ static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held
 		pos += (size_t)n;
 		if (!s->event_done)
 			break;                             /* the rest is an unfinished event */
-		if (s->verdict == METER_DROP || s->verdict == METER_GARBAGE) {
-			/* the usage chunk we asked for, or what cannot be metered */
-			*held_out = *held_out && !start_in_held;
-		} else {
+		/* not relayed: the usage chunk we asked for, what cannot be metered */
+		bool keep = s->verdict != METER_DROP && s->verdict != METER_GARBAGE;
+		if (keep) {   /* (an event begun in held continues here) */
+			*held_out = *held_out || start_in_held;
 			memmove(body + out, body + start, pos - start);
 			out += pos - start;
 		}
 		start = pos;
 		start_in_held = false;
 	}
-	if (s->cut_code)
-		return out;
-	/* what is left is the start of an event: on now, or held until whole */
-	if (holding && !ex->resp_complete) {
-		bool ok;
-		if (start_in_held) {
-			/* no event ended in this read: the held one goes on */
-			*held_out = false;
-			ok = hold2(s, s->held[s->cur], s->held_len[s->cur], body, len);
-		} else {
-			ok = hold2(s, NULL, 0, body + start, len - start);
-		}
-		if (!ok)
-			s->cut_code = "upstream_garbage";
-		return out;
+	if (s->cut_code || broken)
+		return out;   /* an unfinished event before a cut is not sent */
+	if (ex->resp_complete) {
+		/* the body ended inside an event: it goes as it is */
+		*held_out = *held_out || start_in_held;
+		memmove(body + out, body + start, len - start);
+		return out + len - start;
 	}
-	s->held_len[s->cur ^ 1] = 0;
-	memmove(body + out, body + start, len - start);
-	return out + len - start;
+	/* what is left is the start of an event: held until it is whole */
+	bool ok = start_in_held ?
+		  hold2(s, s->held[s->cur], s->held_len[s->cur], body, len) :
+		  hold2(s, NULL, 0, body + start, len - start);
+	if (!ok)
+		s->cut_code = "upstream_garbage";
+	return out;
 }
 
 void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
@@ -289,10 +339,11 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 	s->tail_len = 0;
 	s->held_len[s->cur ^ 1] = 0;
 	ex->resp.on_body = compact_body;
+	bool broken = false;
 	if (len) {   /* none: the provider's close ended the body (already fed) */
 		size_t n = http1_feed(&ex->resp, data, len);
 		if (ex->resp.event == HTTP_ERROR) {
-			s->cut_code = "upstream_garbage";
+			broken = true;    /* what came before the break still counts */
 		} else if (ex->resp.event == HTTP_MESSAGE_DONE) {
 			ex->resp_complete = true;
 			ex->resp_extra = n < len;
@@ -301,7 +352,9 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 	size_t body = (size_t)(s->write - data), pass = 0;
 	bool held_out = false;
 	if (s->state == STREAM_RELAYING && !s->cut_code)
-		pass = meter_body(ex, data, body, &held_out);
+		pass = meter_body(ex, data, body, &held_out, broken);
+	if (broken && !s->cut_code)
+		s->cut_code = "upstream_garbage";
 	const char *held = s->held[s->cur];
 	size_t held_len = held_out ? s->held_len[s->cur] : 0;
 	s->cur ^= 1;   /* what this read left unfinished goes out next time */

@@ -18,6 +18,10 @@
 
 #include "net/conn_types.h"
 
+/* A stream_lease stream reserves its output this many tokens at a time,
+ * and extends when less than that is left. */
+#define STREAM_LEASE_TOKENS 256
+
 /* Whether the reply whose head just arrived is a stream to meter: a
  * budgeted call's 2xx text/event-stream reply. */
 bool stream_wants(const struct exchange *ex);

@@ -59,15 +59,20 @@ static const char *const loop_sentence[8] = {
 };
 
 /*
- * The text of tokens 0..63 written out twice, and where each token starts
- * (start[128] is the end). Tokens repeat every 64, so the text of any run
- * of tokens is whole cycles plus one slice of this. Built once at start,
- * read-only afterwards.
+ * The text repeats every CYCLE tokens: four passes over the words, each
+ * in another order, so that it has no period shorter than about 1.3 KB —
+ * longer than tollgate's loop detector looks (net/meter.c), as real prose
+ * is. tokens 0..CYCLE-1 are written out twice, with where each token
+ * starts (start[2 * CYCLE] is the end), so the text of any run of tokens
+ * is whole cycles plus one slice of this. Built once at start, read-only
+ * afterwards.
  */
+#define CYCLE (4 * WORDS)
+
 struct token_text {
-	uint32_t start[2 * WORDS + 1];
-	uint32_t cycle_len;                     /* bytes of 64 tokens */
-	char bytes[2 * WORDS * 8];
+	uint32_t start[2 * CYCLE + 1];
+	uint32_t cycle_len;                     /* bytes of CYCLE tokens */
+	char bytes[2 * CYCLE * 8];
 };
 
 static struct token_text plain_text, loop_text;
@@ -76,17 +81,18 @@ static unsigned char garbage[GARBAGE_BYTES];
 static void token_text_build(struct token_text *t, bool loop)
 {
 	uint32_t at = 0;
-	for (uint32_t i = 0; i < 2 * WORDS; i++) {
+	for (uint32_t i = 0; i < 2 * CYCLE; i++) {
+		uint32_t k = i % CYCLE;
 		const char *word = loop ? loop_sentence[i % 8]
-					: word_list[(i % WORDS * 7 + 3) % WORDS];
+					: word_list[(k * 7 + 3 + k / WORDS * 13) % WORDS];
 		size_t n = strlen(word);
 		t->start[i] = at;
 		memcpy(t->bytes + at, word, n);
 		t->bytes[at + n] = ' ';
 		at += (uint32_t)n + 1;
 	}
-	t->start[2 * WORDS] = at;
-	t->cycle_len = t->start[WORDS];
+	t->start[2 * CYCLE] = at;
+	t->cycle_len = t->start[CYCLE];
 }
 
 void reply_tables_init(void)
@@ -106,15 +112,15 @@ static const struct token_text *text_of(const struct conn *c)
 /* Bytes of tokens [from, from + n). */
 static size_t text_len(const struct token_text *t, uint32_t from, uint32_t n)
 {
-	uint32_t i = from % WORDS, rest = n % WORDS;
-	return (size_t)(n / WORDS) * t->cycle_len + (t->start[i + rest] - t->start[i]);
+	uint32_t i = from % CYCLE, rest = n % CYCLE;
+	return (size_t)(n / CYCLE) * t->cycle_len + (t->start[i + rest] - t->start[i]);
 }
 
 /* Appends tokens [from, from + n); the caller reserved text_len() bytes. */
 static void text_put(struct buf *b, const struct token_text *t, uint32_t from, uint32_t n)
 {
-	uint32_t i = from % WORDS;
-	for (; n >= WORDS; n -= WORDS)
+	uint32_t i = from % CYCLE;
+	for (; n >= CYCLE; n -= CYCLE)
 		buf_put(b, t->bytes + t->start[i], t->cycle_len);
 	buf_put(b, t->bytes + t->start[i], t->start[i + n] - t->start[i]);
 }
