@@ -261,6 +261,9 @@ static bool hold2(struct stream *s, const char *a, size_t an, const char *b, siz
 {
 	uint8_t next = s->cur ^ 1;
 	size_t need = an + bn;
+	s->held_len[next] = 0;
+	if (need == 0)
+		return true;      /* the read ended on an event boundary */
 	if (need > HELD_MAX)
 		return false;
 	if (need > s->held_cap[next]) {
@@ -274,7 +277,8 @@ static bool hold2(struct stream *s, const char *a, size_t an, const char *b, siz
 	}
 	if (an)
 		memcpy(s->held[next], a, an);
-	memcpy(s->held[next] + an, b, bn);
+	if (bn)
+		memcpy(s->held[next] + an, b, bn);
 	s->held_len[next] = (uint32_t)(an + bn);
 	return true;
 }
@@ -318,7 +322,8 @@ static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held
 	if (ex->resp_complete) {
 		/* the body ended inside an event: it goes as it is */
 		*held_out = *held_out || start_in_held;
-		memmove(body + out, body + start, len - start);
+		if (len > start)
+			memmove(body + out, body + start, len - start);
 		return out + len - start;
 	}
 	/* what is left is the start of an event: held until it is whole */
