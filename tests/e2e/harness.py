@@ -265,28 +265,34 @@ class FakeProvider:
                 self.conns.append(s)
             threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
 
-    def _serve(self, s, conn_no):
+    def requests_on(self, s, conn_no):
+        """Yields (req_no, raw request) for each request read from socket s
+        (Content-Length bodies), recording it in self.requests; stops at EOF."""
         buf, req_no = b"", 0
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = s.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
+            length = int(m.group(1)) if m else 0
+            while len(rest) < length:
+                data = s.recv(65536)
+                if not data:
+                    return
+                rest += data
+            raw, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
+            with self.lock:
+                self.requests.append((conn_no, raw))
+            yield req_no, raw
+            req_no += 1
+
+    def _serve(self, s, conn_no):
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, rest = buf.partition(b"\r\n\r\n")
-                m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
-                length = int(m.group(1)) if m else 0
-                while len(rest) < length:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    rest += data
-                raw, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
-                with self.lock:
-                    self.requests.append((conn_no, raw))
+            for req_no, raw in self.requests_on(s, conn_no):
                 out = self.respond(conn_no, req_no, raw)
-                req_no += 1
                 if out is None:
                     return
                 close = False

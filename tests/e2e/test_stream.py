@@ -413,28 +413,9 @@ class Script(FakeProvider):
 
     def _serve(self, s, conn_no):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf, req_no = b"", 0
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, rest = buf.partition(b"\r\n\r\n")
-                m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
-                length = int(m.group(1)) if m else 0
-                while len(rest) < length:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    rest += data
-                raw, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
-                with self.lock:
-                    self.requests.append((conn_no, raw))
-                keep = self.respond(conn_no, req_no, raw, s)
-                req_no += 1
-                if not keep:
+            for req_no, raw in self.requests_on(s, conn_no):
+                if not self.respond(conn_no, req_no, raw, s):
                     return
         except OSError:
             return
