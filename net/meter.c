@@ -16,6 +16,9 @@
 #include "net/meter.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "core/config_types.h"
 
@@ -31,69 +34,125 @@ void meter_init(struct meter *m, uint8_t format, bool drop_usage_chunk)
 
 static bool text_key(const char *k, size_t n)
 {
-	static const char *const keys[] = { "content", "text", "arguments", "partial_json",
-					    "thinking", "refusal", "name" };
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
-		if (strlen(keys[i]) == n && !memcmp(keys[i], k, n))
-			return true;
-	return false;
+	switch (n) {
+	case 4: return !memcmp(k, "text", 4) || !memcmp(k, "name", 4);
+	case 7: return !memcmp(k, "content", 7) || !memcmp(k, "refusal", 7);
+	case 8: return !memcmp(k, "thinking", 8);
+	case 9: return !memcmp(k, "arguments", 9);
+	case 12: return !memcmp(k, "partial_json", 12);
+	default: return false;
+	}
 }
 
+/* Appends text to the loop window: the detector looks at the last
+ * METER_LOOP_SPAN bytes; the window holds twice that, so the move that
+ * makes room happens once per METER_LOOP_SPAN bytes, not per event. */
 static void keep_text(struct meter *m, const char *s, size_t n)
 {
-	if (n >= METER_LOOP_WINDOW) {
-		memcpy(m->loop_text, s + n - METER_LOOP_WINDOW, METER_LOOP_WINDOW);
-		m->loop_len = METER_LOOP_WINDOW;
+	if (n >= METER_LOOP_SPAN) {
+		memcpy(m->loop_text, s + n - METER_LOOP_SPAN, METER_LOOP_SPAN);
+		m->loop_len = METER_LOOP_SPAN;
 		return;
 	}
 	if (m->loop_len + n > METER_LOOP_WINDOW) {
-		uint32_t drop = m->loop_len + (uint32_t)n - METER_LOOP_WINDOW;
-		memmove(m->loop_text, m->loop_text + drop, m->loop_len - drop);
-		m->loop_len -= drop;
+		uint32_t keep = METER_LOOP_SPAN - (uint32_t)n;
+		memmove(m->loop_text, m->loop_text + m->loop_len - keep, keep);
+		m->loop_len = keep;
 	}
 	memcpy(m->loop_text + m->loop_len, s, n);
 	m->loop_len += (uint32_t)n;
 }
 
-/*
- * Walks a JSON text for "key": "string" members (not a validator: the
- * stream's JSON was checked by whether it parses as events at all). Adds
- * the length of each text member. Returns false if a string never ends.
- */
-static bool count_text(struct meter *m, const char *s, size_t n, bool *carried)
+/* The closing quote of the string whose contents start at s[i], or n.
+ * Sixteen bytes at a time where SSE2 is there (x86-64 always has it):
+ * most of an event's bytes are inside strings. */
+static size_t string_end(const char *s, size_t i, size_t n)
 {
-	bool value_next = false;
-	const char *key = NULL;
-	size_t key_len = 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (c != '"') {
-			if (c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != ':')
-				value_next = false;
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), slash = _mm_set1_epi8('\\');
+	while (i + 16 <= n) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+		unsigned mask = (unsigned)_mm_movemask_epi8(
+			_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, slash)));
+		if (!mask) {
+			i += 16;
 			continue;
 		}
-		size_t start = i + 1, j = start;
-		while (j < n && s[j] != '"')
-			j += s[j] == '\\' ? 2 : 1;
-		if (j >= n)
+		i += (size_t)__builtin_ctz(mask);
+		if (s[i] == '"')
+			return i;
+		i += 2;           /* an escape: skip the escaped byte */
+	}
+#endif
+	while (i < n && s[i] != '"')
+		i += s[i] == '\\' ? 2 : 1;
+	return i < n ? i : n;
+}
+
+static bool json_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/*
+ * Walks a JSON text for "key": "string" members (not a validator: the
+ * stream's JSON was checked by whether it parses as events at all), adding
+ * the length of each text member; notes a "usage" key in *usage. Returns
+ * false if a string never ends.
+ *
+ * One tight pass, no calls per string: events are small and many, so the
+ * walk is most of what metering costs. The bytes before an event's first
+ * `"choices"` / `"delta"` are skipped when they equal the previous
+ * event's (a stream repeats id, object, created and model in every chunk):
+ * one memcmp instead of a walk.
+ */
+static bool count_text(struct meter *m, const char *s, size_t n, bool *carried, bool *usage)
+{
+	const char *key = NULL;
+	size_t key_len = 0, i = 0;
+	bool value_next = false;
+	if (m->prefix_len && m->prefix_len <= n && !memcmp(s, m->prefix, m->prefix_len))
+		i = m->prefix_len;
+	while (i < n) {
+		char c = s[i];
+		if (c != '"') {
+			if (value_next && c != ':' && !json_space(c))
+				value_next = false;
+			i++;
+			continue;
+		}
+		size_t start = ++i;
+		i = string_end(s, i, n);
+		if (i >= n)
 			return false;
-		size_t k = j + 1;
-		while (k < n && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r' || s[k] == '\n'))
+		size_t end = i++;
+		size_t k = i;
+		while (k < n && json_space(s[k]))
 			k++;
 		if (k < n && s[k] == ':') {
 			key = s + start;
-			key_len = j - start;
+			key_len = end - start;
 			value_next = true;
-			i = k;
+			if (key_len == 5 && !memcmp(key, "usage", 5))
+				*usage = true;
+			/* remember the shared prefix: everything before the key
+			 * that holds what varies */
+			if (!m->prefix_len && !*carried && !*usage && start > 1 &&
+			    start - 1 <= sizeof(m->prefix) &&
+			    ((key_len == 7 && !memcmp(key, "choices", 7)) ||
+			     (key_len == 5 && !memcmp(key, "delta", 5)))) {
+				memcpy(m->prefix, s, start - 1);
+				m->prefix_len = (uint8_t)(start - 1);
+			}
+			i = k + 1;
 			continue;
 		}
-		if (value_next && text_key(key, key_len) && j > start) {
-			m->bytes += j - start;
-			keep_text(m, s + start, j - start);
+		if (value_next && end > start && text_key(key, key_len)) {
+			m->bytes += end - start;
+			keep_text(m, s + start, end - start);
 			*carried = true;
 		}
 		value_next = false;
-		i = j;
 	}
 	return true;
 }
@@ -139,11 +198,11 @@ enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev)
 	/* every other event of both formats is a JSON object */
 	if (!ev->data_len || ev->data[0] != '{')
 		return METER_GARBAGE;
-	bool carried = false;
-	if (!count_text(m, ev->data, ev->data_len, &carried))
+	bool carried = false, usage = false;
+	if (!count_text(m, ev->data, ev->data_len, &carried, &usage))
 		return METER_GARBAGE;
 	m->text_events += carried;
-	if (memmem(ev->data, ev->data_len, "\"usage\"", 7)) {
+	if (usage) {
 		struct usage u;
 		if (usage_parse(ev->data, ev->data_len, &u)) {
 			/* merged: Anthropic gives input at the start, output at the end */

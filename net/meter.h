@@ -22,7 +22,8 @@
 #include "core/usage.h"
 #include "net/sse.h"
 
-#define METER_LOOP_WINDOW 3072    /* recent text kept for the loop detector */
+#define METER_LOOP_SPAN 3072      /* recent text the loop detector looks at */
+#define METER_LOOP_WINDOW (2 * METER_LOOP_SPAN)
 #define METER_LOOP_MIN 512        /* bytes that must repeat */
 #define METER_LOOP_MAX_PERIOD 1024
 
@@ -44,6 +45,8 @@ struct meter {
 	uint64_t bytes;           /* generated text, as carried (the upper bound) */
 	uint64_t text_events;     /* events that carried text (the lower bound) */
 	struct usage usage;       /* the provider's, merged over events */
+	uint8_t prefix_len;       /* bytes of `prefix`, 0: none yet */
+	char prefix[200];         /* what the first chunk had before its choices/delta */
 	uint32_t loop_len;        /* bytes in loop_text */
 	uint64_t loop_checked;    /* `bytes` at the last loop check */
 	char loop_text[METER_LOOP_WINDOW];

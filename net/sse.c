@@ -93,6 +93,16 @@ static int line_end(struct sse_parser *p, bool blank, sse_event_fn fn, void *arg
 	return blank ? dispatch(p, fn, arg) : 0;
 }
 
+/* The first CR or LF in buf[i..len), or len: two SIMD scans (memchr),
+ * not a loop over bytes — values are nearly all of an event's bytes. */
+static size_t line_end_at(const char *buf, size_t i, size_t len)
+{
+	const char *lf = memchr(buf + i, '\n', len - i);
+	size_t end = lf ? (size_t)(lf - buf) : len;
+	const char *cr = memchr(buf + i, '\r', end - i);
+	return cr ? (size_t)(cr - buf) : end;
+}
+
 long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn, void *arg)
 {
 	size_t i = 0;
@@ -149,9 +159,7 @@ long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn
 				i++;
 			break;
 		case SSE_VALUE: {
-			size_t j = i;
-			while (j < len && buf[j] != '\r' && buf[j] != '\n')
-				j++;
+			size_t j = line_end_at(buf, i, len);
 			if (add_value(p, buf + i, j - i))
 				return -E2BIG;
 			i = j;
