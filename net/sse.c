@@ -9,6 +9,9 @@
 
 #include <errno.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 void sse_init(struct sse_parser *p)
 {
@@ -93,14 +96,29 @@ static int line_end(struct sse_parser *p, bool blank, sse_event_fn fn, void *arg
 	return blank ? dispatch(p, fn, arg) : 0;
 }
 
-/* The first CR or LF in buf[i..len), or len: two SIMD scans (memchr),
- * not a loop over bytes — values are nearly all of an event's bytes. */
+/* The first CR or LF in buf[i..len), or len: sixteen bytes at a time
+ * where SSE2 is there, else two memchr scans — values are nearly all of
+ * an event's bytes. */
 static size_t line_end_at(const char *buf, size_t i, size_t len)
 {
-	const char *lf = memchr(buf + i, '\n', len - i);
-	size_t end = lf ? (size_t)(lf - buf) : len;
-	const char *cr = memchr(buf + i, '\r', end - i);
-	return cr ? (size_t)(cr - buf) : end;
+#ifdef __SSE2__
+	const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	for (; i + 16 <= len; i += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(buf + i));
+		unsigned mask = (unsigned)_mm_movemask_epi8(
+			_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)));
+		if (mask)
+			return i + (size_t)__builtin_ctz(mask);
+	}
+	while (i < len && buf[i] != '\r' && buf[i] != '\n')
+		i++;
+	return i;
+#else
+	const char *nl = memchr(buf + i, '\n', len - i);
+	size_t end = nl ? (size_t)(nl - buf) : len;
+	const char *ret = memchr(buf + i, '\r', end - i);
+	return ret ? (size_t)(ret - buf) : end;
+#endif
 }
 
 long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn, void *arg)
