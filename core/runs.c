@@ -235,9 +235,11 @@ void runs_begin(struct run *r, uint32_t shard, int64_t now_s)
 void runs_end(struct run *r, uint32_t shard)
 {
 	struct run_use *u = &r->use[shard];
+	/* release: the call's last stores to r (its settlement) come before
+	 * the sweeper can see it unused and free it */
 	atomic_store_explicit(&u->inflight,
 			      atomic_load_explicit(&u->inflight, memory_order_relaxed) - 1,
-			      memory_order_relaxed);
+			      memory_order_release);
 }
 
 static void gen_tidy(struct run_gen *g, uint32_t shard, const struct budget_clock *clk)

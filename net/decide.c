@@ -222,6 +222,8 @@ static bool open_run(struct exchange *ex)
 		}
 	}
 	if (strcmp(ex->run->key_id, k->id)) {
+		/* not held (runs_begin): it may expire before this exchange ends */
+		ex->run = NULL;
 		reply_problem(ex, 403, "run_bound_to_other_key", "this run belongs to another key");
 		return false;
 	}

@@ -190,6 +190,8 @@ static bool is(const struct sse_event *ev, const char *type)
 
 enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev)
 {
+	if (!ev->has_data)
+		return METER_PASS;   /* a comment or keep-alive: nothing generated */
 	m->events++;
 	if (m->format == FORMAT_OPENAI && ev->data_len == 6 && !memcmp(ev->data, "[DONE]", 6))
 		return METER_DONE;

@@ -79,11 +79,8 @@ static int begin_value(struct sse_parser *p)
 /* A blank line: the event is complete. Returns fn's verdict. */
 static int dispatch(struct sse_parser *p, sse_event_fn fn, void *arg)
 {
-	int stop = 0;
-	if (p->has_data) {
-		struct sse_event ev = { p->type, p->type_len, p->data, p->data_len };
-		stop = fn(arg, &ev);
-	}
+	struct sse_event ev = { p->type, p->type_len, p->data, p->data_len, p->has_data };
+	int stop = fn(arg, &ev);
 	start_event(p);
 	return stop;
 }

@@ -35,6 +35,9 @@ struct sse_event {
 	uint32_t type_len;
 	const char *data;           /* the data lines joined by '\n' */
 	uint32_t data_len;
+	bool has_data;              /* false: a block with no data line (a
+				     * comment, an id), no event to dispatch
+				     * but a boundary a relay may pass on */
 };
 
 struct sse_parser {
@@ -50,8 +53,9 @@ struct sse_parser {
 	char data[SSE_MAX_EVENT];
 };
 
-/* Called per complete event; returns 0 to go on, non-zero to stop right
- * after it. The event's memory is the parser's, valid during the call. */
+/* Called per complete event, and per blank line that ends a block with no
+ * data (has_data false); returns 0 to go on, non-zero to stop right after
+ * it. The event's memory is the parser's, valid during the call. */
 typedef int (*sse_event_fn)(void *arg, const struct sse_event *ev);
 
 void sse_init(struct sse_parser *p);

@@ -17,7 +17,7 @@ static struct meter m;
 
 static enum meter_verdict event(const char *type, const char *data)
 {
-	struct sse_event ev = { type, (uint32_t)strlen(type), data, (uint32_t)strlen(data) };
+	struct sse_event ev = { type, (uint32_t)strlen(type), data, (uint32_t)strlen(data), true };
 	return meter_event(&m, &ev);
 }
 
@@ -64,6 +64,10 @@ static void test_anthropic(void)
 	CHECK(meter_output_tokens(&m, 1000) == 3 && m.usage.input_tokens == 25);
 	CHECK(event("message_stop", "{\"type\":\"message_stop\"}") == METER_DONE);
 	CHECK(event("ping", "{\"type\":\"ping\"}") == METER_PASS);
+	/* a keep-alive comment block: passed on, nothing counted */
+	struct sse_event blank = { "", 0, "", 0, false };
+	uint64_t before = m.bytes;
+	CHECK(meter_event(&m, &blank) == METER_PASS && m.bytes == before);
 }
 
 /* Feeds text in pieces like a stream; true if the meter called a loop. */

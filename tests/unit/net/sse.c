@@ -22,6 +22,8 @@ struct seen {
 static int record(void *arg, const struct sse_event *ev)
 {
 	struct seen *s = arg;
+	if (!ev->has_data)
+		return 0;            /* a block with no data: not an event */
 	s->n++;
 	s->len += (size_t)snprintf(s->log + s->len, sizeof(s->log) - s->len, "[%.*s|%.*s]",
 				   (int)ev->type_len, ev->type, (int)ev->data_len, ev->data);
