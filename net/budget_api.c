@@ -66,8 +66,7 @@ int decide_kind(const struct exchange *ex)
 	return ex->requested_model ? DECISION_DOWNGRADE : ex->over ? DECISION_WARN : DECISION_ALLOW;
 }
 
-/* The scope with the least money left, and that amount. */
-static int tightest(const struct exchange *ex, int64_t *least)
+int decide_tightest(const struct exchange *ex, int64_t *least)
 {
 	int at = -1;
 	*least = INT64_MAX;
@@ -89,7 +88,7 @@ int decide_scope_in_force(const struct exchange *ex)
 	if (ex->over)
 		return __builtin_ctz(ex->over);
 	int64_t least;
-	return tightest(ex, &least);
+	return decide_tightest(ex, &least);
 }
 
 size_t decide_headers(struct exchange *ex, char *out, size_t cap)
@@ -114,7 +113,7 @@ size_t decide_headers(struct exchange *ex, char *out, size_t cap)
 	/* the tightest scope's mode is in force, unless a scope refused the
 	 * call or let it past its limit */
 	int64_t least;
-	int tight = tightest(ex, &least);
+	int tight = decide_tightest(ex, &least);
 	int in_force = ex->blocked_by || ex->over ? decide_scope_in_force(ex) : tight;
 	ex->mode_in_force = (uint8_t)(in_force >= 0 ? ex->scope_mode[in_force] :
 				      ex->key ? ex->key->mode : MODE_HARD_GATE);

@@ -275,18 +275,6 @@ struct call_shape {
 	bool embeddings;
 };
 
-/* The least any scope of the call has left. */
-static int64_t least_remaining(const struct exchange *ex)
-{
-	int64_t least = INT64_MAX;
-	for (int i = 0; i < ex->n_scopes; i++) {
-		struct budget_totals t;
-		budget_totals(ex->scopes[i], &ex->client->shard->clock, &t);
-		least = MIN(least, t.limit - t.committed - t.reserved);
-	}
-	return least;
-}
-
 /* 402 naming the scope that could not cover the estimate, with the
  * alternatives that could serve the call. */
 static void refuse_budget(struct exchange *ex, int scope, const struct call_shape *shape)
@@ -303,7 +291,9 @@ static void refuse_budget(struct exchange *ex, int scope, const struct call_shap
 	int n = alternatives_find(ex, alternatives_needs(ex->body, ex->body_len, shape->top),
 				  shape->client_cap, shape->embeddings, alts);
 	char alt_json[2400];
-	alternatives_json(alts, n, least_remaining(ex), alt_json, sizeof(alt_json));
+	int64_t least;
+	decide_tightest(ex, &least);
+	alternatives_json(alts, n, least, alt_json, sizeof(alt_json));
 	char code[32], detail[160], extra[3200];
 	snprintf(code, sizeof(code), "%s_ceiling_reached", ex->scope_kind[scope]);
 	snprintf(detail, sizeof(detail), "the call's worst case ($%s) does not fit the %s budget",

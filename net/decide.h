@@ -35,6 +35,9 @@ void decide_budget_state(struct exchange *ex);
 /* enum decision_kind of this exchange (allow, advisory_warn, downgrade,
  * block). */
 int decide_kind(const struct exchange *ex);
+/* The scope of ex with the least money left (-1 with none), and that
+ * amount in *least (INT64_MAX with none). */
+int decide_tightest(const struct exchange *ex, int64_t *least);
 /* The scope whose mode is in force: the one that refused, else the first
  * that went past its limit, else the tightest; -1 with no scopes. */
 int decide_scope_in_force(const struct exchange *ex);
