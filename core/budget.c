@@ -125,6 +125,14 @@ static inline void roll(struct budget_scope *s, struct budget_local *l,
 		atomic_fetch_sub_explicit(&s->global.used, spent, memory_order_acq_rel);
 }
 
+void budget_restore(struct budget_scope *s, int64_t amount, const struct budget_clock *clk)
+{
+	struct budget_local *l = &s->local[0];
+	roll(s, l, clk);
+	st(&l->committed, ld(&l->committed) + amount);
+	atomic_fetch_add_explicit(&s->global.used, amount, memory_order_relaxed);
+}
+
 /* Whether `need` more fits when `room` is left under the limit. */
 static inline bool fits(int64_t room, int64_t need, int64_t slack)
 {

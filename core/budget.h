@@ -47,6 +47,9 @@ void budget_commit(struct budget_scope *const *scopes, int n, uint32_t shard,
 		   int64_t reserved, int64_t actual, const struct budget_clock *clk);
 void budget_release(struct budget_scope *const *scopes, int n, uint32_t shard,
 		    int64_t reserved, const struct budget_clock *clk);
+/* Start-up only, before any shard runs: adds `amount` already spent in the
+ * current window of clk (the ledger's replay) to the scope. */
+void budget_restore(struct budget_scope *s, int64_t amount, const struct budget_clock *clk);
 /* Gives this shard's unused lease on s back to the global pool. */
 void budget_return_lease(struct budget_scope *s, uint32_t shard);
 /* Housekeeping for a shard that may have gone quiet: rolls its slot of s

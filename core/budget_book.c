@@ -156,3 +156,34 @@ int budget_book_bind(struct budget_book *b, struct config *cfg)
 	}
 	return rc;
 }
+
+/* A constraint's ceiling: limit + slack, INT64_MAX when it never refuses. */
+static int64_t ceiling(int64_t limit, uint8_t mode, int64_t soft_margin)
+{
+	int64_t slack = config_budget_slack(mode, soft_margin);
+	return slack == BUDGET_UNBOUNDED ? INT64_MAX : limit + slack;
+}
+
+struct run_terms budget_run_terms(const struct config *cfg, const struct cfg_key *k,
+				  int64_t limit)
+{
+	const struct cfg_budget *b[4] = { &k->budget, NULL, &cfg->teams[k->team].budget, NULL };
+	if (k->user >= 0)
+		b[1] = &cfg->users[k->user].budget;
+	if (cfg->teams[k->team].parent >= 0)
+		b[3] = &cfg->orgs[cfg->teams[k->team].parent].budget;
+	struct run_terms t = { limit, 0, k->mode };
+	int64_t lowest = ceiling(limit, k->mode, 0);
+	for (int i = 0; i < 4; i++) {
+		if (!b[i] || !b[i]->present || b[i]->window != WINDOW_RUN)
+			continue;
+		t.limit = MIN(t.limit, b[i]->limit);
+		int64_t c = ceiling(b[i]->limit, b[i]->mode, b[i]->soft_margin);
+		if (c < lowest) {
+			lowest = c;
+			t.mode = b[i]->mode;
+		}
+	}
+	t.slack = lowest == INT64_MAX ? BUDGET_UNBOUNDED : lowest - t.limit;
+	return t;
+}

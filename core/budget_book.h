@@ -23,4 +23,17 @@ void budget_book_free(struct budget_book *b);
 /* 0 or -ENOMEM. */
 int budget_book_bind(struct budget_book *b, struct config *cfg);
 
+/* What a new run is held to: the key's run limit in the key's mode, and
+ * every `window: run` budget of the key and above, each in its own mode. */
+struct run_terms {
+	int64_t limit;       /* the least limit: past it, calls warn */
+	int64_t slack;       /* so that no constraint's ceiling is passed */
+	uint8_t mode;        /* of the constraint with the lowest ceiling */
+};
+
+/* The terms of a run that key k opens with `limit` (X-Budget-Run-Limit
+ * clamped, or the key's default). */
+struct run_terms budget_run_terms(const struct config *cfg, const struct cfg_key *k,
+				  int64_t limit);
+
 #endif

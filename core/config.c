@@ -1004,6 +1004,37 @@ static int section_alerts(struct loader *ld, struct fy_node *k, struct fy_node *
 	return 0;
 }
 
+/* ---- ledger ---- */
+
+static int ledger_fsync(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	static const char *const names[] = { "never", "batch", "always" };
+	int m = read_enum(ld, k, v, names, (int)ARRAY_SIZE(names));
+	if (m < 0)
+		return -EINVAL;
+	((struct cfg_ledger *)obj)->fsync = (uint8_t)m;
+	return 0;
+}
+
+static const struct field ledger_fields[] = {
+	ROW("dir", F_STR, struct cfg_ledger, dir, 0, 0),
+	CUSTOM("fsync", ledger_fsync),
+	ROW("batch_ms", F_U32, struct cfg_ledger, batch_ms, 1, 10000),
+	ROW("segment_mb", F_U32, struct cfg_ledger, segment_mb, 1, 4096),
+};
+
+static int section_ledger(struct loader *ld, struct fy_node *k, struct fy_node *v, void *obj)
+{
+	struct cfg_ledger *l = &ld->cfg->ledger;
+	if (read_mapping(ld, k, v, ledger_fields, ARRAY_SIZE(ledger_fields), l, "ledger"))
+		return -EINVAL;
+	if (!l->dir || !*l->dir) {
+		load_error(ld, node_line(k), "ledger.dir: required (the directory of its segments)");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* Sections of SPEC §2 whose features land in later issues: refused by name,
  * so a config that relies on them fails loudly instead of running unguarded. */
 static int section_not_yet(struct loader *ld, struct fy_node *k,
@@ -1031,7 +1062,7 @@ static const struct field top_fields[] = {
 	CUSTOM("keys", section_keys),
 	CUSTOM("budget", section_not_yet),
 	CUSTOM("velocity", section_not_yet),
-	CUSTOM("ledger", section_not_yet),
+	CUSTOM("ledger", section_ledger),
 	CUSTOM("alerts", section_alerts),
 	CUSTOM("otel", section_not_yet),
 	CUSTOM("cluster", section_not_yet),
@@ -1258,6 +1289,8 @@ static void set_defaults(struct config *cfg)
 		.reservation_ttl_ms = 900000,
 	};
 	cfg->alerts = (struct cfg_alerts){ .log = true, .timeout_ms = 2000 };
+	cfg->ledger = (struct cfg_ledger){ .fsync = 1 /* batch */, .batch_ms = 10,
+					   .segment_mb = 64 };
 }
 
 #define CONFIG_MAX_BYTES (16u << 20)

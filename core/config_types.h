@@ -165,6 +165,14 @@ struct cfg_alerts {
 	uint32_t timeout_ms;         /* per POST attempt */
 };
 
+/* The durable ledger (ledger/); dir NULL: no ledger. */
+struct cfg_ledger {
+	const char *dir;
+	uint8_t fsync;               /* enum ledger_fsync: never, batch, always */
+	uint32_t batch_ms;           /* batch: fsync at most this long after a write */
+	uint32_t segment_mb;         /* a segment is closed past this size */
+};
+
 struct config {
 	const char *path;
 	struct cfg_listen *listen;
@@ -188,6 +196,7 @@ struct config {
 	struct cfg_key *keys;
 	uint32_t n_keys;
 	struct cfg_alerts alerts;
+	struct cfg_ledger ledger;
 	struct run_table *runs;      /* live runs, shared by generations (budget_book) */
 	struct decision_log *decisions; /* recent decisions of every shard (budget_book) */
 	struct idem_table *idem;     /* idempotency keys (budget_book) */

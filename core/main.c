@@ -6,10 +6,12 @@
  *   tollgate -t -c FILE       check FILE, print file:line errors, exit 0/1
  *   tollgate --version
  *   --workers N               override `workers`
+ *   --ledger-repair           cut damaged records out of the ledger at start
  *
  * SIGHUP loads the file again and hands the new generation to every shard
  * (a bad file is reported and the running one kept). SIGTERM/SIGINT drain:
- * stop accepting, finish what is in flight up to drain_timeout_ms, exit 0.
+ * stop accepting, finish what is in flight up to drain_timeout_ms, flush
+ * the ledger, exit 0.
  * Exit codes: 0 ok, 1 usage or config error, 2 runtime failure.
  */
 #include <errno.h>
@@ -30,6 +32,7 @@
 #include "core/log.h"
 #include "core/runs.h"
 #include "core/shard.h"
+#include "ledger/ledger.h"
 
 /* jemalloc reads this at start: return freed memory to the kernel within a
  * second, from its own thread, so a burst does not leave RSS behind. */
@@ -38,7 +41,7 @@ const char *malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_deca
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: tollgate -c FILE [--workers N]\n"
+		"usage: tollgate -c FILE [--workers N] [--ledger-repair]\n"
 		"       tollgate -t -c FILE     check the configuration and exit\n"
 		"       tollgate --version\n");
 }
@@ -62,6 +65,7 @@ struct options {
 	const char *config_path;
 	bool check_only;
 	int workers;   /* -1: from config */
+	bool ledger_repair;
 };
 
 static int parse_args(int argc, char **argv, struct options *o)
@@ -69,6 +73,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	static const struct option longopts[] = {
 		{ "version", no_argument, NULL, 'V' },
 		{ "workers", required_argument, NULL, 'w' },
+		{ "ledger-repair", no_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -92,6 +97,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->workers = (int)n;
 			break;
 		}
+		case 'R':
+			o->ledger_repair = true;
+			break;
 		case 'V':
 			printf("tollgate %s\n", TOLLGATE_VERSION);
 			exit(0);
@@ -248,9 +256,23 @@ int main(int argc, char **argv)
 			  BUDGET_MAX_SHARDS);
 		return 2;
 	}
-	struct shard *shards = calloc((size_t)workers, sizeof(*shards));
-	if (!shards)
+	const char *clock_file = getenv("TOLLGATE_TEST_CLOCK_FILE");
+	static _Atomic int64_t clock_offset_s;
+	if (clock_file) {
+		log_warn("TOLLGATE_TEST_CLOCK_FILE is set: budget windows follow %s", clock_file);
+		read_clock_file(clock_file, &clock_offset_s);
+	}
+	/* the ledger rebuilds spend before anything can be spent */
+	struct ledger_set ledger = { .dir_fd = -1 };
+	if (cfg->ledger.dir && ledger_start(&ledger, cfg, (uint32_t)workers,
+					    time(NULL) + atomic_load(&clock_offset_s),
+					    opt.ledger_repair))
 		return 2;
+	struct shard *shards = calloc((size_t)workers, sizeof(*shards));
+	if (!shards) {
+		ledger_stop(&ledger);
+		return 2;
+	}
 	for (int i = 0; i < workers; i++) {
 		int rc = shard_init(&shards[i], i, cfg->pin ? cpus[i % n_cpus] : -1, cfg);
 		if (rc) {
@@ -260,19 +282,19 @@ int main(int argc, char **argv)
 			for (int j = 0; j <= i; j++)
 				shard_destroy(&shards[j]);
 			free(shards);
+			ledger_stop(&ledger);
 			config_unref(cfg);
 			budget_book_free(book);
 			return 2;
 		}
 	}
-	const char *clock_file = getenv("TOLLGATE_TEST_CLOCK_FILE");
-	static _Atomic int64_t clock_offset_s;
-	if (clock_file) {
-		log_warn("TOLLGATE_TEST_CLOCK_FILE is set: budget windows follow %s", clock_file);
-		read_clock_file(clock_file, &clock_offset_s);
-	}
-	for (int i = 0; i < workers; i++)
+	for (int i = 0; i < workers; i++) {
 		shards[i].clock_offset_s = &clock_offset_s;
+		if (ledger.n) {
+			shards[i].ledger = &ledger.writers[i];
+			shards[i].decisions = ledger_first_decision(&ledger, (uint32_t)i);
+		}
+	}
 	struct alerts *alerts = alerts_start(cfg, &clock_offset_s);
 	struct sweeper sweeper = { .runs = cfg->runs, .shards = shards, .n_shards = workers,
 				   .clock_offset_s = &clock_offset_s };
@@ -323,6 +345,7 @@ int main(int argc, char **argv)
 		shard_destroy(&shards[i]);
 	}
 	free(shards);
+	ledger_stop(&ledger);
 	alerts_stop(alerts);
 	budget_book_free(book);
 	log_info("stopped");

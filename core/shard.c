@@ -24,6 +24,7 @@
 #include "core/budget.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "ledger/writer.h"
 #include "core/runs.h"
 #include "net/client.h"
 #include "net/upstream.h"
@@ -275,6 +276,13 @@ static void dispatch(struct shard *s, struct io_uring_cqe *cqe)
 	case OP_WAKE:
 		shard_on_wake(s);
 		break;
+	case OP_LEDGER_WRITE:
+		ledger_writer_on_write(ptr, cqe->res);
+		break;
+	case OP_LEDGER_SYNC:
+	case OP_LEDGER_TICK:
+		ledger_writer_on_sync(ptr, cqe->res, ring_tag_op(cqe->user_data) == OP_LEDGER_SYNC);
+		break;
 	case OP_IGNORE:
 		break;
 	}
@@ -364,10 +372,13 @@ static void *shard_main(void *arg)
 		 s->ring.defer_taskrun ? "single-issuer+defer-taskrun" : "default flags");
 
 	bool stopping = false;
-	while (!stopping || s->n_upstreams || s->n_clients) {
+	while (!stopping || s->n_upstreams || s->n_clients ||
+	       (s->ledger && !ledger_writer_idle(s->ledger))) {
 		uint64_t next = timer_next(&s->timers);
 		uint64_t wait_ms = next == UINT64_MAX ? 1000 :
 				   next > s->now_ms ? MIN(next - s->now_ms, 1000) : 0;
+		if (s->ledger)   /* records appended this turn, or a batch fsync due */
+			wait_ms = MIN(wait_ms, ledger_writer_due_in(s->ledger, s->now_ms));
 		if (s->draining)
 			wait_ms = MIN(wait_ms, 50);
 		struct __kernel_timespec ts = { .tv_sec = (long long)wait_ms / 1000,
@@ -393,6 +404,8 @@ static void *shard_main(void *arg)
 		retry_starved(s);
 		if (s->now_ms >= s->next_tidy_ms)
 			tidy_budgets(s);
+		if (s->ledger)
+			ledger_writer_flush(s->ledger, &s->ring, s->now_ms);
 		atomic_store_explicit(&s->turns, atomic_load_explicit(&s->turns, memory_order_relaxed) + 1,
 				      memory_order_release);
 		if (!stopping && drain_finished(s)) {

@@ -81,6 +81,7 @@ struct shard {
 
 	bool draining;
 	uint64_t drain_deadline_ms;
+	struct ledger_writer *ledger;    /* this shard's ledger segments, NULL: none */
 	uint64_t decisions;              /* decision ids issued by this shard */
 	uint64_t runs_issued;            /* server-issued run ids */
 	uint32_t run_prefix;             /* random, so issued ids differ across restarts */

@@ -23,6 +23,7 @@
 
 #include "core/log.h"
 #include "core/shard.h"
+#include "net/booking.h"
 #include "net/http1.h"
 #include "net/proxy.h"
 #include "net/sendq.h"
@@ -281,6 +282,13 @@ void client_sendv(struct client *c, const struct iovec *iov, int n, int32_t bid)
 	}
 	sendq_set(&c->out, iov, n);
 	c->out.bid = bid;
+	if (c->ex && booking_hold_reply_end(c->ex))
+		return;   /* posted by client_send_resume() once the ledger has it */
+	client_post_send(c);
+}
+
+void client_send_resume(struct client *c)
+{
 	client_post_send(c);
 }
 

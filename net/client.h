@@ -24,6 +24,8 @@ void client_retry_recv(struct client *c);
 void client_send(struct client *c, const void *a, size_t alen,
 		 const void *b, size_t blen, int32_t bid);
 /* The same with up to SENDQ_MAX_IOV pieces (empty ones skipped). */
+/* Posts the send client_sendv() queued and booking held back. */
+void client_send_resume(struct client *c);
 void client_sendv(struct client *c, const struct iovec *iov, int n, int32_t bid);
 /* The exchange has sent its whole reply: keep-alive or close. */
 void client_reply_done(struct client *c);

@@ -18,6 +18,7 @@
 #include "core/config_types.h"
 #include "core/runs.h"
 #include "core/timer.h"
+#include "ledger/writer_types.h"
 #include "net/http1_types.h"
 
 struct shard;
@@ -178,6 +179,10 @@ struct exchange {
 	int64_t reserved_usd;     /* 0: nothing reserved */
 	int64_t estimate_usd;
 	int64_t actual_usd;       /* after settlement */
+	uint64_t input_tokens, output_tokens, cached_tokens; /* what actual_usd prices */
+	struct ledger_wait ledger_wait; /* the reply's end waits for its ledger record */
+	bool ledger_hold;         /* its commit record is buffered: hold the reply's end */
+	bool ledger_failed;       /* its record could not be buffered */
 	uint64_t decision_id;
 	uint64_t deadline_ms;     /* reservation TTL: the reply is cut after it */
 	uint32_t max_output_tokens;

@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "core/budget.h"
+#include "core/budget_book.h"
 #include "core/config.h"
 #include "core/decisions.h"
 #include "core/idempotency.h"
@@ -29,6 +30,7 @@
 #include "core/shard.h"
 #include "core/tags.h"
 #include "net/alternatives.h"
+#include "net/booking.h"
 #include "net/http1.h"
 #include "net/stream.h"
 #include "net/proxy.h"
@@ -102,45 +104,6 @@ static void add_scope(struct exchange *ex, const struct cfg_budget *b, const cha
 	ex->n_scopes++;
 }
 
-/* What a new run is held to: the key's run limit in the key's mode, and
- * every `window: run` budget of the key and above, each in its own mode. */
-struct run_terms {
-	int64_t limit;       /* the least limit: past it, calls warn */
-	int64_t slack;       /* so that no constraint's ceiling is passed */
-	uint8_t mode;        /* of the constraint with the lowest ceiling */
-};
-
-/* A constraint's ceiling: limit + slack, INT64_MAX when it never refuses. */
-static int64_t ceiling(int64_t limit, uint8_t mode, int64_t soft_margin)
-{
-	int64_t slack = config_budget_slack(mode, soft_margin);
-	return slack == BUDGET_UNBOUNDED ? INT64_MAX : limit + slack;
-}
-
-static struct run_terms run_terms(const struct config *cfg, const struct cfg_key *k,
-				  int64_t limit)
-{
-	const struct cfg_budget *b[4] = { &k->budget, NULL, &cfg->teams[k->team].budget, NULL };
-	if (k->user >= 0)
-		b[1] = &cfg->users[k->user].budget;
-	if (cfg->teams[k->team].parent >= 0)
-		b[3] = &cfg->orgs[cfg->teams[k->team].parent].budget;
-	struct run_terms t = { limit, 0, k->mode };
-	int64_t lowest = ceiling(limit, k->mode, 0);
-	for (int i = 0; i < 4; i++) {
-		if (!b[i] || !b[i]->present || b[i]->window != WINDOW_RUN)
-			continue;
-		t.limit = MIN(t.limit, b[i]->limit);
-		int64_t c = ceiling(b[i]->limit, b[i]->mode, b[i]->soft_margin);
-		if (c < lowest) {
-			lowest = c;
-			t.mode = b[i]->mode;
-		}
-	}
-	t.slack = lowest == INT64_MAX ? BUDGET_UNBOUNDED : lowest - t.limit;
-	return t;
-}
-
 /* Writes "run-" + 8 hex digits of prefix + 12 of n (by hand: per call). */
 static uint8_t issue_run_id(char *out, uint32_t prefix, uint64_t n)
 {
@@ -180,7 +143,7 @@ static bool open_run(struct exchange *ex)
 		if (limit > k->run.max_limit)
 			limit = k->run.max_limit;
 	}
-	struct run_terms terms = run_terms(ex->cfg, k, limit);
+	struct run_terms terms = budget_run_terms(ex->cfg, k, limit);
 	uint32_t len;
 	const char *id = http1_field(h, "x-run-id", &len);
 	if (!id) {
@@ -499,7 +462,14 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	if (!cfg->n_keys)
 		return true;     /* relay-only configuration (warned at start) */
 
-	if (!decide_authenticate(ex) || !read_tags(ex) || !check_idempotency(ex))
+	if (!decide_authenticate(ex) || !read_tags(ex))
+		return false;
+	if (!booking_ready(ex)) {
+		reply_problem(ex, 503, "ledger_unavailable",
+			      "the ledger cannot record calls: every budgeted call is refused");
+		return false;
+	}
+	if (!check_idempotency(ex))
 		return false;
 	if (!config_key_allows(ex->key, ex->model)) {
 		reply_problem(ex, 403, "model_not_allowed", "this key may not use this model");
@@ -559,6 +529,11 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 		}
 	}
 	ex->allowed = true;
+	if (!booking_reserve(ex)) {
+		reply_problem(ex, 503, "ledger_unavailable",
+			      "the ledger cannot record this call: refused");
+		return false;
+	}
 	ex->deadline_ms = ex->client->shard->now_ms + ex->cfg->limits.reservation_ttl_ms;
 	ex->resp.on_body = decide_reply_body;
 	return true;

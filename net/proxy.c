@@ -30,6 +30,7 @@
 #include "core/config.h"
 #include "core/json_scan.h"
 #include "core/log.h"
+#include "ledger/writer.h"
 #include "core/shard.h"
 #include "net/client.h"
 #include "net/decide.h"
@@ -88,6 +89,7 @@ struct exchange *exchange_get(struct shard *s)
 
 static void exchange_put(struct shard *s, struct exchange *ex)
 {
+	ledger_wait_cancel(&ex->ledger_wait);   /* its agent left while it waited */
 	decide_settle(ex);
 	if (ex->stream)
 		stream_free(ex);

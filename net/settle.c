@@ -24,6 +24,7 @@
 #include "core/shard.h"
 #include "core/runs.h"
 #include "core/usage.h"
+#include "net/booking.h"
 #include "net/decide.h"
 #include "net/stream.h"
 
@@ -72,7 +73,10 @@ static void settle_reservation(struct exchange *ex)
 		uint64_t input, cached = 0;
 		if (!stream_input_tokens(ex, &input, &cached))
 			input = pricing_input_bound(ex->body_len);
-		ex->actual_usd = pricing_actual(ex->model, input, cached, stream_output_tokens(ex));
+		ex->input_tokens = input;
+		ex->cached_tokens = cached;
+		ex->output_tokens = stream_output_tokens(ex);
+		ex->actual_usd = pricing_actual(ex->model, input, cached, ex->output_tokens);
 		budget_commit(ex->scopes, ex->n_scopes, shard, ex->reserved_usd, ex->actual_usd,
 			      &s->clock);
 		ex->outcome = OUTCOME_COMMITTED;
@@ -90,6 +94,9 @@ static void settle_reservation(struct exchange *ex)
 		}
 		if (!u.has_output)
 			u.output_tokens = ex->max_output_tokens;
+		ex->input_tokens = u.input_tokens;
+		ex->cached_tokens = u.cached_tokens;
+		ex->output_tokens = u.output_tokens;
 		ex->actual_usd = pricing_actual(ex->model, u.input_tokens, u.cached_tokens,
 						u.output_tokens);
 	} else if (ex->resp_complete && ex->status >= 400)
@@ -148,8 +155,10 @@ void decide_settle(struct exchange *ex)
 	ex->settled = true;
 	if (ex->allowed)
 		settle_reservation(ex);
-	if (ex->key && !ex->replayed)
+	if (ex->key && !ex->replayed) {
 		record(ex);
+		booking_settle(ex);
+	}
 	if (ex->idem_claimed)
 		idem_finish(ex->cfg->idem, ex->idem_slot, ex->decision_id);
 	if (ex->run_held)   /* last: the run may be freed as soon as it is not held */

@@ -25,6 +25,7 @@
 #include "core/pricing.h"
 #include "core/budget.h"
 #include "core/shard.h"
+#include "net/booking.h"
 #include "net/client.h"
 #include "net/http1.h"
 #include "net/meter.h"
@@ -216,6 +217,8 @@ static void extend_lease(struct exchange *ex)
 	if (refused < 0) {
 		ex->reserved_usd += more;
 		ex->over |= (uint8_t)over;
+		if (!booking_reserve(ex))   /* grown, not on disk: stop here */
+			s->cut_code = "ledger_unavailable";
 		return;
 	}
 	snprintf(s->cut_buf, sizeof(s->cut_buf), "%s_ceiling_reached", ex->scope_kind[refused]);
@@ -410,6 +413,11 @@ void stream_end_early(struct exchange *ex, const char *code, const char *message
 bool stream_done(const struct exchange *ex)
 {
 	return ex->stream && ex->stream->state != STREAM_RELAYING;
+}
+
+const char *stream_cut_code(const struct exchange *ex)
+{
+	return ex->stream->state == STREAM_CUT ? ex->stream->cut_code : NULL;
 }
 
 uint64_t stream_output_tokens(const struct exchange *ex)

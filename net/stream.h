@@ -49,6 +49,8 @@ void stream_end_early(struct exchange *ex, const char *code, const char *message
 /* The stream was cut or has ended: the exchange finishes once the agent
  * has it all. */
 bool stream_done(const struct exchange *ex);
+/* Why the stream was cut off, or NULL. */
+const char *stream_cut_code(const struct exchange *ex);
 
 /* Output tokens the stream has generated as far as we know (meter.h),
  * and the provider's input count if it gave one (else false). */

@@ -1,0 +1,494 @@
+/*
+ * replay.c — rebuilding budgets and runs from the ledger (replay.h).
+ */
+#include "ledger/replay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "core/budget.h"
+#include "core/budget_book.h"
+#include "core/decisions.h"
+#include "core/log.h"
+#include "core/money.h"
+#include "core/runs.h"
+#include "ledger/segment.h"
+
+#define ORPHAN_BUCKETS (1u << 16)
+#define DECISION_SEQ_MASK ((1ULL << DECISION_ID_SHARD_SHIFT) - 1)
+
+/* ---- names in the config, by hash ---- */
+
+struct name_map {
+	uint32_t *slot;              /* index + 1, 0: empty */
+	uint32_t mask;
+	const char *(*name)(const struct config *cfg, uint32_t i);
+};
+
+static const char *key_name(const struct config *c, uint32_t i) { return c->keys[i].id; }
+static const char *user_name(const struct config *c, uint32_t i) { return c->users[i].name; }
+static const char *team_name(const struct config *c, uint32_t i) { return c->teams[i].name; }
+static const char *org_name(const struct config *c, uint32_t i) { return c->orgs[i].name; }
+
+static int map_build(struct name_map *m, const struct config *cfg, uint32_t n,
+		     const char *(*name)(const struct config *, uint32_t))
+{
+	uint32_t cap = 8;
+	while (cap < 2 * n)
+		cap <<= 1;
+	m->slot = calloc(cap, sizeof(*m->slot));
+	if (!m->slot)
+		return -ENOMEM;
+	m->mask = cap - 1;
+	m->name = name;
+	for (uint32_t i = 0; i < n; i++) {
+		const char *s = name(cfg, i);
+		uint32_t h = (uint32_t)XXH3_64bits(s, strlen(s)) & m->mask;
+		while (m->slot[h])
+			h = (h + 1) & m->mask;
+		m->slot[h] = i + 1;
+	}
+	return 0;
+}
+
+/* The index of the name t, or -1. */
+static int map_find(const struct name_map *m, const struct config *cfg, struct ledger_text t)
+{
+	if (!t.len)
+		return -1;
+	uint32_t h = (uint32_t)XXH3_64bits(t.p, t.len) & m->mask;
+	for (; m->slot[h]; h = (h + 1) & m->mask) {
+		const char *s = m->name(cfg, m->slot[h] - 1);
+		if (strlen(s) == t.len && !memcmp(s, t.p, t.len))
+			return (int)m->slot[h] - 1;
+	}
+	return -1;
+}
+
+/* ---- reservations waiting for their outcome ---- */
+
+struct ledger_orphan {
+	struct ledger_orphan *next;
+	uint64_t decision;
+	uint32_t len;                /* 0: its outcome came first (booked by another
+					shard at an earlier start): not an orphan */
+	char rec[];                  /* the latest reserve record, encoded */
+};
+
+static uint32_t bucket(uint64_t decision)
+{
+	return (uint32_t)XXH3_64bits(&decision, sizeof(decision)) & (ORPHAN_BUCKETS - 1);
+}
+
+/* ---- runs seen in the ledger ---- */
+
+struct run_seen {
+	char id[RUN_ID_MAX + 1], key[RUN_ID_MAX + 1];
+	int64_t limit, spent, last_ms;
+};
+
+struct run_index {
+	struct run_seen *v;
+	uint32_t n, cap;
+	uint32_t *slot;              /* index + 1 */
+	uint32_t mask;
+};
+
+static int runs_grow(struct run_index *ri)
+{
+	uint32_t cap = ri->cap ? ri->cap * 2 : 1024;
+	struct run_seen *v = realloc(ri->v, cap * sizeof(*v));
+	uint32_t *slot = calloc(2 * (size_t)cap, sizeof(*slot));
+	if (!v || !slot) {
+		if (v)
+			ri->v = v;
+		free(slot);
+		return -ENOMEM;
+	}
+	ri->v = v;
+	ri->cap = cap;
+	free(ri->slot);
+	ri->slot = slot;
+	ri->mask = 2 * cap - 1;
+	for (uint32_t i = 0; i < ri->n; i++) {
+		uint32_t h = (uint32_t)XXH3_64bits(v[i].id, strlen(v[i].id)) & ri->mask;
+		while (slot[h])
+			h = (h + 1) & ri->mask;
+		slot[h] = i + 1;
+	}
+	return 0;
+}
+
+static struct run_seen *run_get(struct run_index *ri, struct ledger_text id)
+{
+	if (!id.len || id.len > RUN_ID_MAX)
+		return NULL;
+	if (ri->n == ri->cap && runs_grow(ri))
+		return NULL;
+	uint32_t h = (uint32_t)XXH3_64bits(id.p, id.len) & ri->mask;
+	for (; ri->slot[h]; h = (h + 1) & ri->mask) {
+		struct run_seen *r = &ri->v[ri->slot[h] - 1];
+		if (strlen(r->id) == id.len && !memcmp(r->id, id.p, id.len))
+			return r;
+	}
+	struct run_seen *r = &ri->v[ri->n];
+	memset(r, 0, sizeof(*r));
+	memcpy(r->id, id.p, id.len);
+	ri->slot[h] = ++ri->n;
+	return r;
+}
+
+/* ---- the replay ---- */
+
+struct replay_ctx {
+	struct config *cfg;
+	struct budget_clock now;
+	struct ledger_replay *out;
+	struct name_map keys, users, teams, orgs;
+	struct ledger_orphan **orphans;          /* ORPHAN_BUCKETS chains */
+	struct run_index runs;
+	int error;
+};
+
+/* Adds usd to b if its window then is its window now. */
+static void restore(struct replay_ctx *x, const struct cfg_budget *b, const struct budget_clock *then,
+		    int64_t usd)
+{
+	if (!b->present || !b->scope || then->epoch[b->window] != x->now.epoch[b->window])
+		return;
+	budget_restore(b->scope, usd, &x->now);
+}
+
+/* What a commit or expire record spent, back on the scopes it names. */
+static void spend(struct replay_ctx *x, const struct ledger_rec *r, int64_t usd)
+{
+	struct config *cfg = x->cfg;
+	struct budget_clock then;
+	budget_clock_set(&then, r->time_ms / 1000);
+	int i;
+	if ((i = map_find(&x->keys, cfg, r->f[LF_KEY])) >= 0)
+		restore(x, &cfg->keys[i].budget, &then, usd);
+	if ((i = map_find(&x->users, cfg, r->f[LF_USER])) >= 0)
+		restore(x, &cfg->users[i].budget, &then, usd);
+	if ((i = map_find(&x->teams, cfg, r->f[LF_TEAM])) >= 0)
+		restore(x, &cfg->teams[i].budget, &then, usd);
+	if ((i = map_find(&x->orgs, cfg, r->f[LF_ORG])) >= 0)
+		restore(x, &cfg->orgs[i].budget, &then, usd);
+	x->out->restored_usd += usd;
+}
+
+static void run_touch(struct replay_ctx *x, const struct ledger_rec *r, int64_t usd)
+{
+	if (!(r->flags & LEDGER_F_RUN_KEPT))
+		return;
+	struct run_seen *run = run_get(&x->runs, r->f[LF_RUN]);
+	if (!run) {
+		x->error = -ENOMEM;
+		return;
+	}
+	if (!run->key[0])
+		ledger_text_cstr(r->f[LF_KEY], run->key, sizeof(run->key));
+	run->limit = r->run_limit;
+	run->spent += usd;
+	if (r->time_ms > run->last_ms)
+		run->last_ms = r->time_ms;
+}
+
+static struct ledger_orphan **orphan_find(struct replay_ctx *x, uint64_t decision)
+{
+	struct ledger_orphan **pp = &x->orphans[bucket(decision)];
+	while (*pp && (*pp)->decision != decision)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void note_reserve(struct replay_ctx *x, const struct ledger_rec *r)
+{
+	struct ledger_orphan **pp = orphan_find(x, r->decision);
+	if (*pp && !(*pp)->len)
+		return;      /* already settled */
+	if (*pp) {   /* a stream lease grew: keep the latest amount */
+		struct ledger_orphan *old = *pp;
+		*pp = old->next;
+		free(old);
+	}
+	size_t len = ledger_rec_size(r);
+	struct ledger_orphan *o = malloc(sizeof(*o) + len);
+	if (!o) {
+		x->error = -ENOMEM;
+		return;
+	}
+	o->decision = r->decision;
+	o->len = (uint32_t)ledger_encode(r, o->rec);
+	o->next = x->orphans[bucket(r->decision)];
+	x->orphans[bucket(r->decision)] = o;
+	run_touch(x, r, 0);
+}
+
+static void note_outcome(struct replay_ctx *x, const struct ledger_rec *r)
+{
+	struct ledger_orphan **pp = orphan_find(x, r->decision);
+	if (*pp) {
+		struct ledger_orphan *o = *pp;
+		*pp = o->next;
+		free(o);
+		return;
+	}
+	/* an expire booked into another shard's segment at an earlier start,
+	 * read before its reservation: remember it is settled */
+	struct ledger_orphan *o = calloc(1, sizeof(*o));
+	if (!o) {
+		x->error = -ENOMEM;
+		return;
+	}
+	o->decision = r->decision;
+	o->next = x->orphans[bucket(r->decision)];
+	x->orphans[bucket(r->decision)] = o;
+}
+
+static int apply(const struct ledger_rec *r, size_t off, void *arg)
+{
+	struct replay_ctx *x = arg;
+	x->out->records++;
+	if (r->kind != LEDGER_SEGMENT) {
+		uint64_t shard = r->decision >> DECISION_ID_SHARD_SHIFT;
+		uint64_t seq = r->decision & DECISION_SEQ_MASK;
+		if (shard < BUDGET_MAX_SHARDS && seq >= x->out->next_decision[shard])
+			x->out->next_decision[shard] = seq + 1;
+	}
+	switch (r->kind) {
+	case LEDGER_RESERVE:
+		note_reserve(x, r);
+		break;
+	case LEDGER_COMMIT:
+	case LEDGER_EXPIRE:
+		note_outcome(x, r);
+		x->out->commits++;
+		spend(x, r, r->usd);
+		run_touch(x, r, r->usd);
+		break;
+	case LEDGER_RELEASE:
+		note_outcome(x, r);
+		run_touch(x, r, 0);
+		break;
+	default:
+		break;
+	}
+	return x->error;
+}
+
+/* Rewrites a segment with only its whole records (repair). */
+static int rewrite_segment(int dir_fd, const struct ledger_segment *seg)
+{
+	int fd = openat(dir_fd, seg->name, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st)) {
+		int err = errno;
+		if (fd >= 0)
+			close(fd);
+		return -err;
+	}
+	size_t len = (size_t)st.st_size;
+	char *buf = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+	close(fd);
+	if (buf == MAP_FAILED)
+		return -errno;
+	char tmp[LEDGER_SEGMENT_NAME_MAX + 8];
+	snprintf(tmp, sizeof(tmp), "%s.repair", seg->name);
+	int out = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	int rc = out < 0 ? -errno : 0;
+	size_t off = 0;
+	while (!rc && off < len) {
+		struct ledger_rec r;
+		size_t size;
+		if (ledger_decode(buf + off, len - off, &r, &size) != LEDGER_OK) {
+			off++;
+			continue;
+		}
+		if (write(out, buf + off, size) != (ssize_t)size)
+			rc = -EIO;
+		off += size;
+	}
+	if (buf)
+		munmap(buf, len);
+	if (out >= 0) {
+		if (!rc && fsync(out))
+			rc = -errno;
+		close(out);
+	}
+	if (!rc && renameat(dir_fd, tmp, dir_fd, seg->name))
+		rc = -errno;
+	if (!rc)
+		fsync(dir_fd);
+	return rc;
+}
+
+static int truncate_tail(int dir_fd, const struct ledger_segment *seg, uint64_t at)
+{
+	int fd = openat(dir_fd, seg->name, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = ftruncate(fd, (off_t)at) || fsync(fd) ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+/* One segment: applied, and its damage dealt with. */
+static int replay_segment(int dir_fd, const struct ledger_segment *seg, bool repair,
+			  struct replay_ctx *x)
+{
+	struct ledger_scan scan;
+	int rc = ledger_scan_file(dir_fd, seg, repair, apply, x, &scan);
+	if (rc)
+		return rc;
+	x->out->segments++;
+	if (seg->shard < BUDGET_MAX_SHARDS && seg->seq >= x->out->next_seq[seg->shard])
+		x->out->next_seq[seg->shard] = seg->seq + 1;
+	switch (scan.damage) {
+	case LEDGER_CLEAN:
+		return 0;
+	case LEDGER_TORN_TAIL:
+		log_warn("ledger: %s: torn tail at byte %llu (a write cut short): truncated %llu "
+			 "bytes", seg->name, (unsigned long long)scan.bad_offset,
+			 (unsigned long long)(scan.size - scan.good_end));
+		x->out->truncated_bytes += scan.size - scan.good_end;
+		return truncate_tail(dir_fd, seg, scan.good_end);
+	case LEDGER_CORRUPT:
+		if (!repair) {
+			log_error("ledger: %s: corrupt at byte %llu (a damaged record followed by "
+				  "whole ones). Start with --ledger-repair to cut the damaged bytes "
+				  "out, or restore the file", seg->name,
+				  (unsigned long long)scan.bad_offset);
+			return -EBADMSG;
+		}
+		log_warn("ledger: %s: corrupt from byte %llu: repaired, %llu bytes dropped",
+			 seg->name, (unsigned long long)scan.bad_offset,
+			 (unsigned long long)(scan.skipped + scan.size - scan.good_end));
+		x->out->repaired_bytes += scan.skipped;
+		return rewrite_segment(dir_fd, seg);
+	}
+	return 0;
+}
+
+/* Opens again every kept run still inside its TTL, with what it spent. */
+static void reopen_runs(struct replay_ctx *x, int64_t now_s)
+{
+	struct config *cfg = x->cfg;
+	for (uint32_t i = 0; i < x->runs.n; i++) {
+		struct run_seen *rs = &x->runs.v[i];
+		int k = map_find(&x->keys, cfg, (struct ledger_text){ rs->key,
+								      (uint16_t)strlen(rs->key) });
+		if (k < 0 || rs->last_ms / 1000 + cfg->keys[k].run.ttl_s <= now_s)
+			continue;
+		const struct cfg_key *key = &cfg->keys[k];
+		struct run_terms terms = budget_run_terms(cfg, key, rs->limit);
+		struct run_spec spec = { .key_id = key->id, .limit = terms.limit,
+					 .slack = terms.slack, .mode = terms.mode,
+					 .ttl_s = key->run.ttl_s, .key_runs = key->runs_opened };
+		bool created;
+		atomic_fetch_add(key->runs_opened, 1);
+		struct run *r = runs_open(cfg->runs, rs->id, strlen(rs->id), &spec, &created);
+		if (!created)
+			atomic_fetch_sub(key->runs_opened, 1);
+		if (!r || !created)
+			continue;
+		budget_restore(r->scope, rs->spent, &x->now);
+		runs_begin(r, 0, rs->last_ms / 1000);
+		runs_end(r, 0);
+		x->out->runs_restored++;
+	}
+}
+
+static void ctx_free(struct replay_ctx *x)
+{
+	free(x->keys.slot);
+	free(x->users.slot);
+	free(x->teams.slot);
+	free(x->orgs.slot);
+	free(x->runs.v);
+	free(x->runs.slot);
+}
+
+int ledger_replay(int dir_fd, struct config *cfg, int64_t now_s, bool repair,
+		  struct ledger_replay *out)
+{
+	memset(out, 0, sizeof(*out));
+	struct replay_ctx x = { .cfg = cfg, .out = out };
+	budget_clock_set(&x.now, now_s);
+	x.orphans = calloc(ORPHAN_BUCKETS, sizeof(*x.orphans));
+	out->orphans = (struct ledger_orphan *)x.orphans;
+	int rc = x.orphans ? 0 : -ENOMEM;
+	if (!rc)
+		rc = map_build(&x.keys, cfg, cfg->n_keys, key_name) ||
+		     map_build(&x.users, cfg, cfg->n_users, user_name) ||
+		     map_build(&x.teams, cfg, cfg->n_teams, team_name) ||
+		     map_build(&x.orgs, cfg, cfg->n_orgs, org_name) ? -ENOMEM : 0;
+	struct ledger_segment *segs = NULL;
+	size_t n = 0;
+	if (!rc)
+		rc = ledger_segments_list(dir_fd, &segs, &n);
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = replay_segment(dir_fd, &segs[i], repair, &x);
+	free(segs);
+	if (!rc) {
+		/* orphans are spent too (their expire records follow) */
+		for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
+			for (struct ledger_orphan *o = x.orphans[b]; o; o = o->next) {
+				struct ledger_rec r;
+				size_t size;
+				if (!o->len || ledger_decode(o->rec, o->len, &r, &size) != LEDGER_OK)
+					continue;
+				spend(&x, &r, r.usd);
+				run_touch(&x, &r, r.usd);
+				out->expired++;
+			}
+		reopen_runs(&x, now_s);
+		rc = x.error;
+	}
+	ctx_free(&x);
+	return rc;
+}
+
+int ledger_replay_book_orphans(struct ledger_replay *rp, struct ledger_writer *writers,
+			       uint32_t n)
+{
+	struct ledger_orphan **buckets = (struct ledger_orphan **)rp->orphans;
+	if (!buckets || !n)
+		return 0;
+	for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
+		for (struct ledger_orphan *o = buckets[b]; o; o = o->next) {
+			struct ledger_rec r;
+			size_t size;
+			if (!o->len || ledger_decode(o->rec, o->len, &r, &size) != LEDGER_OK)
+				continue;
+			uint64_t shard = r.decision >> DECISION_ID_SHARD_SHIFT;
+			r.kind = LEDGER_EXPIRE;   /* at its reservation's time: its window */
+			r.reserved = r.usd;
+			r.f[LF_CODE] = (struct ledger_text){ "reservation_orphaned", 20 };
+			int rc = ledger_append(&writers[shard < n ? shard : 0], &r);
+			if (rc)
+				return rc;
+		}
+	return 0;
+}
+
+void ledger_replay_free(struct ledger_replay *rp)
+{
+	struct ledger_orphan **buckets = (struct ledger_orphan **)rp->orphans;
+	if (!buckets)
+		return;
+	for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
+		for (struct ledger_orphan *o = buckets[b], *next; o; o = next) {
+			next = o->next;
+			free(o);
+		}
+	free(buckets);
+	rp->orphans = NULL;
+}

@@ -1,0 +1,158 @@
+/*
+ * booking.c — ledger records of budgeted calls (booking.h).
+ */
+#include "net/booking.h"
+
+#include <string.h>
+
+#include "core/config.h"
+#include "core/decisions.h"
+#include "core/log.h"
+#include "core/pricing.h"
+#include "core/runs.h"
+#include "core/shard.h"
+#include "ledger/writer.h"
+#include "net/client.h"
+#include "net/decide.h"
+#include "net/stream.h"
+
+static struct ledger_text text(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;   /* config names and our own codes: short */
+	return (struct ledger_text){ s, (uint16_t)MIN(n, LEDGER_MAX_FIELD) };
+}
+
+/* The record of ex with everything but its kind and amounts. */
+static void fill(const struct exchange *ex, struct ledger_rec *r, uint8_t kind)
+{
+	const struct shard *s = ex->client->shard;
+	const struct config *cfg = ex->cfg;
+	const struct cfg_key *k = ex->key;
+	memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->time_ms = s->clock.now_s * 1000 + (int64_t)(s->now_ms % 1000);
+	r->decision = ex->decision_id;
+	r->status = ex->status;
+	r->mode = ex->mode_in_force;
+	r->f[LF_KEY] = text(k->id);
+	if (k->user >= 0)
+		r->f[LF_USER] = text(cfg->users[k->user].name);
+	const struct cfg_principal *team = &cfg->teams[k->team];
+	r->f[LF_TEAM] = text(team->name);
+	if (team->parent >= 0)
+		r->f[LF_ORG] = text(cfg->orgs[team->parent].name);
+	if (ex->run) {
+		r->f[LF_RUN] = (struct ledger_text){ ex->run->id, ex->run->id_len };
+		r->run_limit = ex->run->limit;
+		if (ex->run->use)
+			r->flags |= LEDGER_F_RUN_KEPT;
+	}
+	if (ex->model) {
+		r->f[LF_MODEL] = (struct ledger_text){ ex->model->name, (uint16_t)ex->model->name_len };
+		r->f[LF_PROVIDER] = text(ex->model->provider->name);
+	}
+	if (ex->requested_model) {
+		r->f[LF_REQUESTED] = (struct ledger_text){ ex->requested_model->name,
+							   (uint16_t)ex->requested_model->name_len };
+		r->flags |= LEDGER_F_DOWNGRADED;
+	}
+	r->f[LF_PRICES] = text(cfg->prices_version);
+	if (ex->tags)
+		r->f[LF_TAGS] = (struct ledger_text){ ex->tags, (uint16_t)ex->tags_len };
+	if (ex->problem_code[0])
+		r->f[LF_CODE] = text(ex->problem_code);
+	if (ex->stream) {
+		r->flags |= LEDGER_F_STREAM;
+		const char *cut = stream_cut_code(ex);
+		if (cut) {
+			r->flags |= LEDGER_F_CUT;
+			r->f[LF_CODE] = text(cut);
+		}
+	}
+}
+
+static struct ledger_writer *writer(const struct exchange *ex)
+{
+	return ex->client->shard->ledger;
+}
+
+bool booking_ready(const struct exchange *ex)
+{
+	const struct ledger_writer *w = writer(ex);
+	return !w || !w->error;
+}
+
+bool booking_reserve(struct exchange *ex)
+{
+	struct ledger_writer *w = writer(ex);
+	if (!w)
+		return true;
+	struct ledger_rec r;
+	fill(ex, &r, LEDGER_RESERVE);
+	r.usd = ex->reserved_usd;
+	r.reserved = ex->reserved_usd;
+	r.input = pricing_input_bound(ex->body_len);
+	r.output = ex->max_output_tokens;
+	int rc = ledger_append(w, &r);
+	if (rc)
+		log_error("ledger: cannot book the reservation of decision %llx: %s",
+			  (unsigned long long)ex->decision_id, strerror(-rc));
+	return rc == 0;
+}
+
+void booking_settle(struct exchange *ex)
+{
+	struct ledger_writer *w = writer(ex);
+	if (!w)
+		return;
+	struct ledger_rec r;
+	uint8_t kind = !ex->allowed ? LEDGER_REFUSE :
+		       ex->outcome == OUTCOME_COMMITTED ? LEDGER_COMMIT : LEDGER_RELEASE;
+	fill(ex, &r, kind);
+	r.reserved = ex->reserved_usd;
+	if (kind == LEDGER_COMMIT) {
+		r.usd = ex->actual_usd;
+		r.input = ex->input_tokens;
+		r.output = ex->output_tokens;
+		r.cached = ex->cached_tokens;
+	} else if (kind == LEDGER_REFUSE) {
+		r.usd = ex->estimate_usd;   /* what was asked for */
+	}
+	int rc = ledger_append(w, &r);
+	if (rc) {
+		log_error("ledger: cannot book the %s of decision %llx: %s",
+			  ledger_kind_name(kind), (unsigned long long)ex->decision_id,
+			  strerror(-rc));
+		ex->ledger_failed = true;
+		return;
+	}
+	ex->ledger_hold = kind == LEDGER_COMMIT;
+}
+
+static void reply_end_written(struct ledger_wait *wt, int err)
+{
+	struct exchange *ex = container_of(wt, struct exchange, ledger_wait);
+	struct client *c = ex->client;
+	if (err) {
+		client_abort(c);   /* not on disk: the agent must not see it end */
+		return;
+	}
+	client_send_resume(c);
+}
+
+bool booking_hold_reply_end(struct exchange *ex)
+{
+	if (!ex->allowed || ex->state == EX_LOCAL || !(ex->resp_complete || stream_done(ex)))
+		return false;
+	decide_settle(ex);
+	if (ex->ledger_failed) {
+		client_abort(ex->client);
+		return true;
+	}
+	if (!ex->ledger_hold)
+		return false;
+	ex->ledger_hold = false;
+	ex->ledger_wait.done = reply_end_written;
+	ledger_wait_add(writer(ex), &ex->ledger_wait);
+	return true;
+}

@@ -1,0 +1,33 @@
+/*
+ * booking.h — what a budgeted call writes to the ledger (ledger/), and
+ * holding the end of its reply until the ledger has it.
+ *
+ * A call that is allowed books a `reserve` record as it is forwarded (and
+ * again each time a stream lease grows), so that a crash mid-call leaves
+ * its reservation on disk, to be charged at start-up (ledger/replay.c).
+ * When it settles it books `commit` or `release`; a refused call books
+ * `refuse`. The last send of a committed reply is posted only once its
+ * record is written (SPEC §7): an agent that saw its reply end is in the
+ * ledger, whenever the process dies.
+ */
+#ifndef TOLLGATE_BOOKING_H
+#define TOLLGATE_BOOKING_H
+
+#include <stdbool.h>
+
+#include "net/conn_types.h"
+
+/* False when the shard's ledger cannot take records (broken or full):
+ * budgeted calls are then refused (fail closed). True with no ledger. */
+bool booking_ready(const struct exchange *ex);
+/* The reservation just made (or grown): false if it could not be booked. */
+bool booking_reserve(struct exchange *ex);
+/* The settled (or refused) decision; sets ex->ledger_hold when the end of
+ * the reply must wait for the write. */
+void booking_settle(struct exchange *ex);
+/* Called with the reply's last send queued but not posted: true when it
+ * is held until the ledger write completes (then posted, or the agent's
+ * connection aborted if the write failed). */
+bool booking_hold_reply_end(struct exchange *ex);
+
+#endif
