@@ -30,7 +30,8 @@ LIB_OBJ      := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC     := $(wildcard tests/unit/*/*.c)
 UNIT_BIN     := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-PROGS := $(BUILD)/tollgate $(BUILD)/tollctl $(BUILD)/mockllm $(BUILD)/bench_budget
+PROGS := $(BUILD)/tollgate $(BUILD)/tollctl $(BUILD)/mockllm $(BUILD)/bench_budget \
+         $(BUILD)/bench_ledger
 
 .PHONY: all deps run test unit e2e asan fuzz bench clean help
 all: deps $(PROGS)
@@ -60,7 +61,7 @@ $(BUILD)/tollgate: $(BUILD)/core/main.o $(BUILD)/libtollgate.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tollctl: $(BUILD)/tools/tollctl.o $(BUILD)/libtollgate.a
+$(BUILD)/tollctl: $(BUILD)/tools/tollctl.o $(BUILD)/tools/tollctl_ledger.o $(BUILD)/libtollgate.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -70,6 +71,10 @@ $(BUILD)/mockllm: $(MOCK_OBJ) $(BUILD)/libtollgate.a
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/bench_budget: $(BUILD)/bench/budget_micro.o $(BUILD)/libtollgate.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench_ledger: $(BUILD)/bench/ledger_micro.o $(BUILD)/libtollgate.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 

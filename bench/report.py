@@ -18,11 +18,12 @@ import re
 import statistics
 import sys
 
-TARGETS = ["direct", "nginx", "haproxy", "tollgate-relay", "tollgate"]
-PROXIES = ["nginx", "haproxy", "tollgate-relay", "tollgate"]
+TARGETS = ["direct", "nginx", "haproxy", "tollgate-relay", "tollgate", "tollgate-ledger"]
+PROXIES = ["nginx", "haproxy", "tollgate-relay", "tollgate", "tollgate-ledger"]
 WORKLOADS = ["nonstream", "stream"]
 LABEL = {"direct": "direct (mockllm)", "nginx": "nginx", "haproxy": "HAProxy",
-         "tollgate-relay": "tollgate, relay only", "tollgate": "tollgate, budgets on"}
+         "tollgate-relay": "tollgate, relay only", "tollgate": "tollgate, budgets on",
+         "tollgate-ledger": "tollgate, budgets + ledger"}
 WL_LABEL = {"nonstream": "non-stream", "stream": "stream"}
 # "CPU 0 other %" above which a run is marked noisy (a warning, not an error).
 # At 1,000 req/s loopback softirq work alone is ~10% of CPU 0.
@@ -321,9 +322,11 @@ def headline_table(summary):
     for t in PROXIES:
         rows.append([LABEL[t]] + [fcpu(summary[("wrk", t, wl)]["cpu_us"]) for wl in WORKLOADS]
                     + [fcpu(summary[("h2load", t, "nonstream")]["cpu_us"])])
-    for other in ("haproxy", "nginx", "tollgate-relay"):
-        rows.append([f"tollgate / {LABEL[other]}"] + [
-            fratio(summary[(k, "tollgate", wl)]["cpu_us"], summary[(k, other, wl)]["cpu_us"])
+    for mine, other in (("tollgate", "haproxy"), ("tollgate", "nginx"),
+                        ("tollgate", "tollgate-relay"), ("tollgate-ledger", "tollgate"),
+                        ("tollgate-ledger", "haproxy")):
+        rows.append([f"{LABEL[mine]} / {LABEL[other]}"] + [
+            fratio(summary[(k, mine, wl)]["cpu_us"], summary[(k, other, wl)]["cpu_us"])
             for k, wl in (("wrk", "nonstream"), ("wrk", "stream"), ("h2load", "nonstream"))])
     return table(["relay", "non-stream µs/req", "stream µs/req", "non-stream at 1,000 req/s µs/req"],
                  "lrrr", rows)
@@ -487,6 +490,21 @@ def render(meta, summary, rows, facts, all_flags, warnings, conns):
         w(f"| fast path, 1 shard | {budget['fast_path_1_shard_ns']:.1f} |")
         w(f"| fast path, 2 shards | {budget['fast_path_2_shards_ns']:.1f} |")
         w(f"| contended edge, 2 shards | {budget['edge_2_shards_ns']:.1f} |")
+        w("")
+    ledger = read_json(os.path.join(meta["_work"], "raw", "ledger.json"))
+    if ledger:
+        w("## Ledger writer (bench/ledger_micro.c)")
+        w("")
+        w("One shard's writer on CPU 0, appending commit records of a typical size (~230 bytes) "
+          f"for {ledger['seconds_per_case']:.0f} s per case into the bench's temp dir. A turn "
+          "appends `batch` records, flushes, and turns until they are written (synced under "
+          "`always`), as replies waiting for their records would. \"wait\" is the mean time from "
+          "the flush until a record's batch was written: what holding a reply's end adds.")
+        w("")
+        w("| fsync | records per turn | records/s | wait µs |")
+        w("|:--|--:|--:|--:|")
+        for c in ledger["cases"]:
+            w(f"| {c['fsync']} | {c['batch']} | {c['records_per_s']:,.0f} | {c['wait_us']:.1f} |")
         w("")
     w("## Flags")
     w("")

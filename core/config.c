@@ -484,11 +484,22 @@ static const struct field provider_fields[] = {
 	ROW("insecure_skip_verify", F_BOOL, struct cfg_provider, insecure_skip_verify, 0, 0),
 };
 
+/* A mapping key that names something: a plain scalar, else an error. */
+static const char *name_of(struct loader *ld, struct fy_node *k, const char *section)
+{
+	const char *name = fy_node_get_scalar0(k);
+	if (!name)
+		load_error(ld, node_line(k), "%s: names must be plain strings", section);
+	return name;
+}
+
 static int read_provider(struct loader *ld, struct fy_node *k,
 			 struct fy_node *v, struct cfg_provider *p)
 {
-	p->name = arena_strndup(ld->arena, fy_node_get_scalar0(k),
-				strlen(fy_node_get_scalar0(k)));
+	const char *name = name_of(ld, k, "providers");
+	if (!name)
+		return -EINVAL;
+	p->name = arena_strndup(ld->arena, name, strlen(name));
 	p->line = node_line(k);
 	p->connect_timeout_ms = 5000;
 	p->timeout_ms = 60000;
@@ -643,8 +654,12 @@ static int section_models(struct loader *ld, struct fy_node *k,
 	struct fy_node_pair *pair;
 	while ((pair = fy_node_mapping_iterate(v, &it))) {
 		struct fy_node *mk = fy_node_pair_key(pair);
+		const char *name = name_of(ld, mk, "models");
+		if (!name) {
+			rc = -EINVAL;
+			continue;
+		}
 		struct cfg_model *m = &cfg->models[cfg->n_models++];
-		const char *name = fy_node_get_scalar0(mk);
 		m->name = arena_strndup(ld->arena, name, strlen(name));
 		m->name_len = (uint32_t)strlen(name);
 		m->line = node_line(mk);
@@ -812,8 +827,12 @@ static int read_principals(struct loader *ld, struct fy_node *k, struct fy_node 
 	struct fy_node_pair *pair;
 	while ((pair = fy_node_mapping_iterate(v, &it))) {
 		struct fy_node *pk = fy_node_pair_key(pair);
+		const char *name = name_of(ld, pk, what);
+		if (!name) {
+			rc = -EINVAL;
+			continue;
+		}
 		struct cfg_principal *p = &list[count++];
-		const char *name = fy_node_get_scalar0(pk);
 		p->name = arena_strndup(ld->arena, name, strlen(name));
 		p->line = node_line(pk);
 		p->parent = -1;

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/defs.h"
+
 struct scan {
 	const char *p;
 	size_t len;
@@ -102,10 +104,18 @@ static long scan_literal(const struct scan *s, size_t i, const char *word)
 	return (long)(i + n);
 }
 
-static long scan_value(struct scan *s, size_t i, struct json_top *top);
+/* The top-level members a caller wants, and where they were found. */
+struct wanted {
+	const char *const *names;
+	size_t n;
+	struct json_span *spans;         /* n of them */
+	uint32_t end_of_object;
+};
+
+static long scan_value(struct scan *s, size_t i, struct wanted *top);
 
 /* At '{' or '['; `top` is non-NULL only for the outermost object. */
-static long scan_container(struct scan *s, size_t i, struct json_top *top)
+static long scan_container(struct scan *s, size_t i, struct wanted *top)
 {
 	bool object = s->p[i] == '{';
 	char close = object ? '}' : ']';
@@ -136,17 +146,10 @@ static long scan_container(struct scan *s, size_t i, struct json_top *top)
 			if (top) {
 				const char *name = s->p + i + 1;
 				size_t nlen = (size_t)k - i - 2;
-#define FIELD(str, member) \
-	if (nlen == sizeof(str) - 1 && !memcmp(name, str, nlen)) field = &top->member
-				FIELD("model", model);
-				else FIELD("stream", stream);
-				else FIELD("max_tokens", max_tokens);
-				else FIELD("max_completion_tokens", max_completion_tokens);
-				else FIELD("stream_options", stream_options);
-				else FIELD("tools", tools);
-				else FIELD("functions", functions);
-				else FIELD("response_format", response_format);
-#undef FIELD
+				for (size_t f = 0; f < top->n && !field; f++)
+					if (strlen(top->names[f]) == nlen &&
+					    !memcmp(name, top->names[f], nlen))
+						field = &top->spans[f];
 				if (field && field->present)
 					return -1;   /* duplicate key we act on */
 			}
@@ -182,7 +185,7 @@ static long scan_container(struct scan *s, size_t i, struct json_top *top)
 	}
 }
 
-static long scan_value(struct scan *s, size_t i, struct json_top *top)
+static long scan_value(struct scan *s, size_t i, struct wanted *top)
 {
 	if (i >= s->len)
 		return -1;
@@ -204,17 +207,41 @@ static long scan_value(struct scan *s, size_t i, struct json_top *top)
 	}
 }
 
-int json_scan_top(const char *buf, size_t len, struct json_top *out)
+static int scan_top(const char *buf, size_t len, struct wanted *w)
 {
-	memset(out, 0, sizeof(*out));
+	memset(w->spans, 0, w->n * sizeof(*w->spans));
 	struct scan s = { .p = buf, .len = len };
 	size_t i = skip_ws(&s, 0);
 	if (i >= len || buf[i] != '{')
 		return -EINVAL;
-	long end = scan_container(&s, i, out);
+	long end = scan_container(&s, i, w);
 	if (end < 0)
 		return s.too_deep ? -E2BIG : -EINVAL;
 	return skip_ws(&s, (size_t)end) == len ? 0 : -EINVAL;
+}
+
+int json_scan_top(const char *buf, size_t len, struct json_top *out)
+{
+	static const char *const names[] = { "model", "stream", "max_tokens",
+					     "max_completion_tokens", "stream_options", "tools",
+					     "functions", "response_format" };
+	struct json_span spans[ARRAY_SIZE(names)];
+	struct wanted w = { names, ARRAY_SIZE(names), spans, 0 };
+	int rc = scan_top(buf, len, &w);
+	*out = (struct json_top){
+		.model = spans[0], .stream = spans[1], .max_tokens = spans[2],
+		.max_completion_tokens = spans[3], .stream_options = spans[4], .tools = spans[5],
+		.functions = spans[6], .response_format = spans[7],
+		.end_of_object = w.end_of_object,
+	};
+	return rc;
+}
+
+int json_scan_fields(const char *buf, size_t len, const char *const *names, size_t n,
+		     struct json_span *spans)
+{
+	struct wanted w = { names, n, spans, 0 };
+	return scan_top(buf, len, &w);
 }
 
 size_t json_escape(char *out, size_t cap, const char *s)

@@ -44,6 +44,10 @@ struct json_top {
  */
 int json_scan_top(const char *buf, size_t len, struct json_top *out);
 
+/* The same for any top-level members: spans[i] for names[i] (n of them). */
+int json_scan_fields(const char *buf, size_t len, const char *const *names, size_t n,
+		     struct json_span *spans);
+
 /*
  * Writes s as JSON string content (no quotes) into out[0..cap), always
  * NUL-terminated, truncating rather than overflowing; returns the length.

@@ -130,8 +130,17 @@ static int bind_budgets(struct budget_book *book, struct config *cfg)
 	return 0;
 }
 
+/* The ledger is opened once: a reload cannot move or re-tune it. */
+static void warn_ledger_change(const struct cfg_ledger *was, const struct cfg_ledger *now)
+{
+	bool same_dir = (!was->dir && !now->dir) || (was->dir && now->dir && !strcmp(was->dir, now->dir));
+	if (!same_dir || was->fsync != now->fsync || was->batch_ms != now->batch_ms ||
+	    was->segment_mb != now->segment_mb)
+		log_warn("reload: the ledger section changed; it takes effect at the next restart");
+}
+
 static void reload(struct shard *shards, int n, const char *path, struct budget_book *book,
-		   struct alerts *alerts)
+		   struct alerts *alerts, const struct cfg_ledger *ledger)
 {
 	struct config *next = config_load(path, stderr);
 	if (!next || bind_budgets(book, next)) {
@@ -139,6 +148,7 @@ static void reload(struct shard *shards, int n, const char *path, struct budget_
 		config_unref(next);
 		return;
 	}
+	warn_ledger_change(ledger, &next->ledger);
 	for (int i = 0; i < n; i++) {
 		config_ref(next);
 		shard_post(&shards[i], SHARD_CMD_RELOAD, next);
@@ -298,6 +308,10 @@ int main(int argc, char **argv)
 	struct alerts *alerts = alerts_start(cfg, &clock_offset_s);
 	struct sweeper sweeper = { .runs = cfg->runs, .shards = shards, .n_shards = workers,
 				   .clock_offset_s = &clock_offset_s };
+	/* as opened; its dir copied, since cfg's memory goes with its generation */
+	struct cfg_ledger ledger_cfg = cfg->ledger;
+	char *ledger_dir = cfg->ledger.dir ? strdup(cfg->ledger.dir) : NULL;
+	ledger_cfg.dir = ledger_dir;
 	config_unref(cfg);   /* the shards and the alert watcher hold it now */
 	if (!alerts) {
 		log_error("cannot start the alert watcher");
@@ -327,7 +341,7 @@ int main(int argc, char **argv)
 		} else if (sigwait(&sigs, &sig))
 			continue;
 		if (sig == SIGHUP) {
-			reload(shards, workers, opt.config_path, book, alerts);
+			reload(shards, workers, opt.config_path, book, alerts, &ledger_cfg);
 			continue;
 		}
 		log_info("signal %d: draining", sig);
@@ -346,6 +360,7 @@ int main(int argc, char **argv)
 	}
 	free(shards);
 	ledger_stop(&ledger);
+	free(ledger_dir);
 	alerts_stop(alerts);
 	budget_book_free(book);
 	log_info("stopped");

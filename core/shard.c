@@ -276,9 +276,6 @@ static void dispatch(struct shard *s, struct io_uring_cqe *cqe)
 	case OP_WAKE:
 		shard_on_wake(s);
 		break;
-	case OP_LEDGER_WRITE:
-		ledger_writer_on_write(ptr, cqe->res);
-		break;
 	case OP_LEDGER_SYNC:
 	case OP_LEDGER_TICK:
 		ledger_writer_on_sync(ptr, cqe->res, ring_tag_op(cqe->user_data) == OP_LEDGER_SYNC);

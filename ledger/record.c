@@ -64,7 +64,7 @@ enum ledger_decode_rc ledger_decode(const char *buf, size_t avail, struct ledger
 		return LEDGER_SHORT;
 	uint32_t len = get32(buf);
 	/* cheap checks first: damage scans call this at every offset */
-	if (len < LEDGER_HEADER || len > LEDGER_MAX_RECORD || buf[8] != LEDGER_VERSION ||
+	if (len < LEDGER_HEADER || len > LEDGER_MAX_RECORD || buf[8] == 0 ||
 	    buf[9] == 0 || (uint8_t)buf[9] >= LEDGER_KINDS)
 		return LEDGER_BAD;
 	if (avail < len)
@@ -91,7 +91,7 @@ enum ledger_decode_rc ledger_decode(const char *buf, size_t avail, struct ledger
 		if (end - p < 2)
 			return LEDGER_BAD;
 		uint16_t n = get16(p);
-		if (n > end - p - 2)
+		if (n > end - p - 2 || n > LEDGER_MAX_FIELD)   /* never written */
 			return LEDGER_BAD;
 		if (i < LF_COUNT)
 			rec->f[i] = (struct ledger_text){ p + 2, n };
@@ -127,6 +127,8 @@ const char *ledger_field_name(unsigned field)
 
 const char *ledger_text_cstr(struct ledger_text t, char *out, size_t cap)
 {
+	if (!cap)
+		return out;
 	size_t n = t.len < cap - 1 ? t.len : cap - 1;
 	if (n)
 		memcpy(out, t.p, n);

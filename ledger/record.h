@@ -20,9 +20,10 @@
  *    56    24  input, output and cached input tokens (3 × u64)
  *    80     …  n text fields, each a u16 length and its bytes (not NUL-ended)
  *
- * Readers accept more text fields than they know (later versions append
- * fields) and fewer (absent ones are empty). docs/ledger.md describes
- * what each kind books.
+ * The layout above never changes: a later version may only append text
+ * fields, so readers accept any version (and more fields than they know,
+ * or fewer: absent ones are empty). docs/ledger.md describes what each
+ * kind books.
  */
 #ifndef TOLLGATE_LEDGER_RECORD_H
 #define TOLLGATE_LEDGER_RECORD_H

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -287,23 +286,15 @@ static int apply(const struct ledger_rec *r, size_t off, void *arg)
 /* Rewrites a segment with only its whole records (repair). */
 static int rewrite_segment(int dir_fd, const struct ledger_segment *seg)
 {
-	int fd = openat(dir_fd, seg->name, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st)) {
-		int err = errno;
-		if (fd >= 0)
-			close(fd);
-		return -err;
-	}
-	size_t len = (size_t)st.st_size;
-	char *buf = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
-	close(fd);
-	if (buf == MAP_FAILED)
-		return -errno;
+	char *buf;
+	size_t len;
+	int rc = ledger_read_file(dir_fd, seg->name, &buf, &len);
+	if (rc)
+		return rc;
 	char tmp[LEDGER_SEGMENT_NAME_MAX + 8];
 	snprintf(tmp, sizeof(tmp), "%s.repair", seg->name);
 	int out = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-	int rc = out < 0 ? -errno : 0;
+	rc = out < 0 ? -errno : 0;
 	size_t off = 0;
 	while (!rc && off < len) {
 		struct ledger_rec r;
@@ -316,8 +307,7 @@ static int rewrite_segment(int dir_fd, const struct ledger_segment *seg)
 			rc = -EIO;
 		off += size;
 	}
-	if (buf)
-		munmap(buf, len);
+	free(buf);
 	if (out >= 0) {
 		if (!rc && fsync(out))
 			rc = -errno;
@@ -370,8 +360,8 @@ static int replay_segment(int dir_fd, const struct ledger_segment *seg, bool rep
 		}
 		log_warn("ledger: %s: corrupt from byte %llu: repaired, %llu bytes dropped",
 			 seg->name, (unsigned long long)scan.bad_offset,
-			 (unsigned long long)(scan.skipped + scan.size - scan.good_end));
-		x->out->repaired_bytes += scan.skipped;
+			 (unsigned long long)(scan.size - scan.kept));
+		x->out->repaired_bytes += scan.size - scan.kept;
 		return rewrite_segment(dir_fd, seg);
 	}
 	return 0;

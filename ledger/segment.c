@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -67,6 +66,11 @@ int ledger_segments_list(int dir_fd, struct ledger_segment **out, size_t *n)
 		struct ledger_segment s = { 0 };
 		if (!ledger_segment_parse_name(e->d_name, &s.shard, &s.seq))
 			continue;
+		struct stat st;
+		if (e->d_type != DT_REG && (e->d_type != DT_UNKNOWN ||
+					    fstatat(dir_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
+					    !S_ISREG(st.st_mode)))
+			continue;   /* named like a segment, but not a file we wrote */
 		if (count == cap) {
 			cap = cap ? cap * 2 : 16;
 			struct ledger_segment *nv = realloc(v, cap * sizeof(*v));
@@ -114,6 +118,7 @@ int ledger_scan_buf(const char *buf, size_t len, bool skip_bad,
 		enum ledger_decode_rc rc = ledger_decode(buf + off, len - off, &rec, &size);
 		if (rc == LEDGER_OK) {
 			out->records++;
+			out->kept += size;
 			int stop = each ? each(&rec, off, arg) : 0;
 			off += size;
 			if (out->damage == LEDGER_CLEAN)
@@ -142,34 +147,55 @@ int ledger_scan_buf(const char *buf, size_t len, bool skip_bad,
 	return 0;
 }
 
+int ledger_read_file(int dir_fd, const char *name, char **buf, size_t *len)
+{
+	*buf = NULL;
+	*len = 0;
+	/* O_NONBLOCK: a FIFO named like a segment must not hang us */
+	int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	int rc = fstat(fd, &st) ? -errno : S_ISREG(st.st_mode) ? 0 : -EINVAL;
+	size_t size = rc ? 0 : (size_t)st.st_size;
+	char *p = !rc && size ? malloc(size) : NULL;
+	if (!rc && size && !p)
+		rc = -ENOMEM;
+	size_t got = 0;
+	while (!rc && got < size) {
+		ssize_t n = pread(fd, p + got, size - got, (off_t)got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			rc = -errno;
+		else if (n == 0)
+			break;     /* shrank under us: read what is there */
+		else
+			got += (size_t)n;
+	}
+	close(fd);
+	if (rc) {
+		free(p);
+		return rc;
+	}
+	*buf = p;
+	*len = got;
+	return 0;
+}
+
 int ledger_scan_file(int dir_fd, const struct ledger_segment *seg, bool skip_bad,
 		     int (*each)(const struct ledger_rec *rec, size_t off, void *arg), void *arg,
 		     struct ledger_scan *out)
 {
-	int fd = openat(dir_fd, seg->name, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st)) {
-		int err = errno;
-		close(fd);
-		return -err;
+	char *buf;
+	size_t len;
+	int rc = ledger_read_file(dir_fd, seg->name, &buf, &len);
+	if (rc) {
+		memset(out, 0, sizeof(*out));
+		return rc;
 	}
-	size_t len = (size_t)st.st_size;
-	const char *buf = NULL;
-	if (len) {
-		buf = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (buf == MAP_FAILED) {
-			int err = errno;
-			close(fd);
-			return -err;
-		}
-		madvise((void *)buf, len, MADV_SEQUENTIAL);
-	}
-	close(fd);
-	int rc = ledger_scan_buf(buf, len, skip_bad, each, arg, out);
-	if (buf)
-		munmap((void *)buf, len);
+	rc = ledger_scan_buf(buf, len, skip_bad, each, arg, out);
+	free(buf);
 	/* a torn tail is a crash's only in the shard's last segment */
 	if (out->damage == LEDGER_TORN_TAIL && !seg->last)
 		out->damage = LEDGER_CORRUPT;

@@ -43,6 +43,7 @@ enum ledger_damage { LEDGER_CLEAN, LEDGER_TORN_TAIL, LEDGER_CORRUPT };
 
 struct ledger_scan {
 	uint64_t records;          /* whole records read (and passed on) */
+	uint64_t kept;             /* their bytes */
 	uint64_t good_end;         /* offset just past the last whole record before damage */
 	uint64_t size;             /* file size */
 	enum ledger_damage damage;
@@ -60,8 +61,13 @@ int ledger_scan_buf(const char *buf, size_t len, bool skip_bad,
 		    int (*each)(const struct ledger_rec *rec, size_t off, void *arg), void *arg,
 		    struct ledger_scan *out);
 
-/* The same over a segment file (mapped read-only). 0 or a negative errno
- * (I/O), else what each() returned. */
+/* A whole segment file read into a malloc'd *buf (read, not mapped: a
+ * file truncated under a reader must not kill it). 0, or a negative errno
+ * (-EINVAL: not a regular file). */
+int ledger_read_file(int dir_fd, const char *name, char **buf, size_t *len);
+
+/* ledger_scan_buf over a segment file. 0 or a negative errno (I/O), else
+ * what each() returned. */
 int ledger_scan_file(int dir_fd, const struct ledger_segment *seg, bool skip_bad,
 		     int (*each)(const struct ledger_rec *rec, size_t off, void *arg), void *arg,
 		     struct ledger_scan *out);

@@ -173,38 +173,43 @@ void ledger_wait_cancel(struct ledger_wait *wt)
 	wt->next = wt->prev = NULL;
 }
 
-static void submit_write(struct ledger_writer *w, struct ring *r)
+static void fail(struct ledger_writer *w, int err);
+static void batch_done(struct ledger_writer *w);
+
+/* Writes the flight batch with pwrite (a regular file: short only on
+ * error); under `always` the batch completes with its fsync on the ring. */
+static void write_batch(struct ledger_writer *w, struct ring *r)
 {
 	struct ledger_batch *b = &w->batch[!w->fill];
-	struct io_uring_sqe *sqe = ring_sqe(r);
-	io_uring_prep_write(sqe, w->fd, b->buf + w->flight_done, b->len - w->flight_done,
-			    w->seg_len);
-	io_uring_sqe_set_data64(sqe, ring_tag(OP_LEDGER_WRITE, w));
-	w->sync_linked = w->fsync == LEDGER_FSYNC_ALWAYS;
-	if (w->sync_linked) {
-		sqe->flags |= IOSQE_IO_LINK;
-		sqe = ring_sqe(r);
-		io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
-		io_uring_sqe_set_data64(sqe, ring_tag(OP_LEDGER_SYNC, w));
-	}
 	w->writes++;
+	for (uint32_t done = 0; done < b->len;) {
+		ssize_t n = pwrite(w->fd, b->buf + done, b->len - done, (off_t)(w->seg_len + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			fail(w, n < 0 ? -errno : -EIO);
+			return;
+		}
+		done += (uint32_t)n;
+	}
+	w->sync_linked = w->fsync == LEDGER_FSYNC_ALWAYS;
+	if (!w->sync_linked) {
+		batch_done(w);
+		return;
+	}
+	struct io_uring_sqe *sqe = ring_sqe(r);
+	io_uring_prep_fsync(sqe, w->fd, IORING_FSYNC_DATASYNC);
+	io_uring_sqe_set_data64(sqe, ring_tag(OP_LEDGER_SYNC, w));
 }
 
 void ledger_writer_flush(struct ledger_writer *w, struct ring *r, uint64_t now_ms)
 {
 	if (w->error)
 		return;
-	if (w->resubmit) {
-		w->resubmit = false;
-		submit_write(w, r);
-		return;
-	}
 	if (!w->writing && w->batch[w->fill].len) {
 		w->fill ^= 1;
 		w->writing = true;
-		w->flight_done = 0;
-		submit_write(w, r);
-		return;
+		write_batch(w, r);
 	}
 	if (w->fsync == LEDGER_FSYNC_BATCH && w->unsynced && !w->syncing && !w->writing &&
 	    now_ms >= w->next_sync_ms) {
@@ -284,24 +289,6 @@ static void batch_done(struct ledger_writer *w)
 		rotate(w);
 }
 
-void ledger_writer_on_write(struct ledger_writer *w, int res)
-{
-	if (res < 0) {
-		fail(w, res);
-		return;
-	}
-	struct ledger_batch *b = &w->batch[!w->fill];
-	w->flight_done += (uint32_t)res;
-	if (w->flight_done < b->len) {
-		/* short write (its linked fsync is cancelled): the next
-		 * flush writes the rest */
-		w->resubmit = true;
-		return;
-	}
-	if (!w->sync_linked)
-		batch_done(w);
-}
-
 void ledger_writer_on_sync(struct ledger_writer *w, int res, bool linked)
 {
 	if (!linked) {
@@ -311,8 +298,6 @@ void ledger_writer_on_sync(struct ledger_writer *w, int res, bool linked)
 			fail(w, res);
 		return;
 	}
-	if (res == -ECANCELED)
-		return;   /* its write came up short: resubmitted with a new fsync */
 	if (res < 0) {
 		fail(w, res);
 		return;

@@ -34,9 +34,7 @@ struct ledger_writer {
 	struct ledger_batch batch[2];
 	uint8_t fill;                      /* index of the batch being filled */
 	bool writing;                      /* batch[!fill] is being written */
-	bool sync_linked;                  /* ... and an fsync is linked to it */
-	uint32_t flight_done;              /* its bytes already written (short writes) */
-	bool resubmit;                     /* a short write: write the rest next flush */
+	bool sync_linked;                  /* ... and completes with its fsync */
 	bool syncing;                      /* a batch-mode fsync is in flight */
 	uint64_t unsynced;                 /* bytes written since the last fsync */
 	uint64_t next_sync_ms;

@@ -21,8 +21,7 @@ enum ring_op {
 	OP_UPSTREAM_SEND,
 	OP_UPSTREAM_RECV,
 	OP_WAKE,            /* read on the shard's eventfd: messages */
-	OP_LEDGER_WRITE,    /* a batch of ledger records (ledger/writer.c) */
-	OP_LEDGER_SYNC,     /* the fsync linked to it (fsync: always) */
+	OP_LEDGER_SYNC,     /* a ledger batch's fsync (fsync: always; ledger/writer.c) */
 	OP_LEDGER_TICK,     /* a periodic fsync (fsync: batch) */
 };
 

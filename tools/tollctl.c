@@ -1,10 +1,12 @@
 /*
  * tollctl — tollgate's admin CLI.
  *
- * This first version carries `keygen` (a new virtual key and the SHA-256
- * hash that goes in the config) and --version. The admin-API and ledger
- * subcommands of SPEC §1 arrive with the budget and ledger work; until then
- * they fail with a clear message and exit 1 rather than pretend.
+ * This version carries `keygen` (a new virtual key and the SHA-256 hash
+ * that goes in the config), --version, and the ledger commands that read
+ * a ledger directory directly (`ledger verify`, `ledger export`;
+ * tollctl_ledger.c, docs/ledger.md). The admin-API subcommands of SPEC §1
+ * (budgets, runs, freeze, approvals, report…) are not in it yet: they fail
+ * with a clear message and exit 1 rather than pretend.
  */
 #include <fcntl.h>
 #include <mbedtls/sha256.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/defs.h"
+#include "tools/tollctl_ledger.h"
 
 static int keygen(void)
 {
@@ -39,18 +42,30 @@ static int keygen(void)
 	return 0;
 }
 
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: tollctl keygen\n"
+		   "       tollctl --version\n");
+	tollctl_ledger_usage(f);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "--version")) {
 		printf("tollctl %s\n", TOLLGATE_VERSION);
 		return 0;
 	}
+	if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "help"))) {
+		usage(stdout);
+		return 0;
+	}
 	if (argc >= 2 && !strcmp(argv[1], "keygen"))
 		return keygen();
-	if (argc >= 2) {
-		fprintf(stderr, "tollctl: '%s' is not available in this version\n", argv[1]);
-		return 1;
-	}
-	fprintf(stderr, "usage: tollctl keygen | --version\n");
+	if (argc >= 2 && !strcmp(argv[1], "ledger"))
+		return tollctl_ledger_main(argc - 2, argv + 2);
+	if (argc >= 2)
+		fprintf(stderr, "tollctl: '%s' is not available in this version (the admin-API "
+			"commands are not implemented yet)\n", argv[1]);
+	usage(stderr);
 	return 1;
 }

@@ -15,13 +15,15 @@ declare -A srcs=(
   [config]="core/config.c core/arena.c core/money.c core/log.c core/json_scan.c"
   [tags]="core/tags.c"
   [sse]="net/sse.c"
+  [ledger_record]="ledger/record.c ledger/segment.c ledger/crc32c.c"
 )
 declare -A libs=(
   [http1_request]="-lhttp_parser" [http1_response]="-lhttp_parser"
   [json_scan]="" [config]="-lfyaml -lxxhash -ldl" [tags]="" [sse]=""
+  [ledger_record]=""
 )
 fail=0 passed=0 failed=0
-for h in http1_request http1_response json_scan config tags sse; do
+for h in http1_request http1_response json_scan config tags sse ledger_record; do
   # shellcheck disable=SC2086
   clang $CFLAGS tests/fuzz/$h.c ${srcs[$h]} -o "$out/$h" ${libs[$h]}
   mkdir -p "$out/corpus-$h"

@@ -107,7 +107,12 @@ static void test_errors(void)
 	expect_error("  o:\n    provider: p\n    alternatives: [a, b, c, d, e, f, g, h, i]\n",
 		     "alternatives: at most 8");
 	expect_error("workers: many\n", "workers: expected an integer");
-	expect_error("ledger: {}\n", "ledger: section not supported by this build yet");
+	expect_error("ledger: {}\n", "ledger.dir: required");
+	expect_error("ledger:\n  dir: /tmp/x\n  fsync: sometimes\n",
+		     "fsync: 'sometimes' is not one of never, batch, always");
+	expect_error("ledger:\n  dir: /tmp/x\n  batch_ms: 0\n", "batch_ms: expected an integer in [1");
+	expect_error("ledger:\n  dir: /tmp/x\n  segments: 3\n", "ledger: unknown key 'segments'");
+	expect_error("velocity: []\n", "velocity: section not supported by this build yet");
 	expect_error("teams:\n  t:\n    parent: nowhere\n", "teams.t: parent 'nowhere' is not in orgs");
 	expect_error("teams:\n  t:\n    budget:\n      limit: 1\n      window: fortnight\n",
 		     "window: 'fortnight' is not one of run, hour, day, week, month, total");
