@@ -6,6 +6,7 @@
 
 #include "core/config.h"
 #include "core/decisions.h"
+#include "core/grants.h"
 #include "core/idempotency.h"
 #include "core/runs.h"
 
@@ -38,6 +39,7 @@ struct budget_book {
 	struct run_table *runs;
 	struct decision_log *decisions;
 	struct idem_table *idem;
+	struct grant_table *grants;
 };
 
 struct budget_book *budget_book_new(uint32_t n_shards)
@@ -49,7 +51,8 @@ struct budget_book *budget_book_new(uint32_t n_shards)
 	b->runs = runs_new(BOOK_MAX_RUNS, n_shards);
 	b->decisions = decisions_new(n_shards);
 	b->idem = idem_new(BOOK_IDEMPOTENCY_KEYS);
-	if (!b->runs || !b->decisions || !b->idem) {
+	b->grants = grants_new(n_shards);
+	if (!b->runs || !b->decisions || !b->idem || !b->grants) {
 		budget_book_free(b);
 		return NULL;
 	}
@@ -63,6 +66,7 @@ void budget_book_free(struct budget_book *b)
 	runs_free(b->runs);
 	decisions_free(b->decisions);
 	idem_free(b->idem);
+	grants_free(b->grants);
 	for (struct book_entry *e = b->entries, *next; e; e = next) {
 		next = e->next;
 		budget_scope_free(e->scope);
@@ -143,6 +147,7 @@ int budget_book_bind(struct budget_book *b, struct config *cfg)
 	cfg->runs = b->runs;
 	cfg->decisions = b->decisions;
 	cfg->idem = b->idem;
+	cfg->grants = b->grants;
 	for (uint32_t i = 0; i < cfg->n_orgs && !rc; i++)
 		rc = bind_budget(b, KIND_ORG, cfg->orgs[i].name, &cfg->orgs[i].budget);
 	for (uint32_t i = 0; i < cfg->n_teams && !rc; i++)

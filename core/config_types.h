@@ -21,6 +21,7 @@ struct budget_scope;
 struct run_table;
 struct decision_log;
 struct idem_table;
+struct grant_table;
 
 /* A socket address parsed from "host:port" or "[v6]:port". */
 struct cfg_addr {
@@ -200,6 +201,7 @@ struct config {
 	struct run_table *runs;      /* live runs, shared by generations (budget_book) */
 	struct decision_log *decisions; /* recent decisions of every shard (budget_book) */
 	struct idem_table *idem;     /* idempotency keys (budget_book) */
+	struct grant_table *grants;  /* open grants (budget_book) */
 	uint32_t *key_index;         /* open-addressing hash of secret_sha256 */
 	uint32_t key_index_mask;
 	uint64_t generation;         /* 1, 2, ... per reload */

@@ -29,6 +29,7 @@
 #include "core/budget_book.h"
 #include "core/config.h"
 #include "core/defs.h"
+#include "core/grants.h"
 #include "core/log.h"
 #include "core/runs.h"
 #include "core/shard.h"
@@ -176,13 +177,15 @@ static void read_clock_file(const char *path, _Atomic int64_t *offset)
 
 /*
  * The run sweeper: every RUNS_ROTATE_MS, expires runs idle past their TTL
- * (core/runs.c). Its quiescence test is each shard's loop-turn counter
+ * (core/runs.c) and frees grants closed since its last step (core/grants.c).
+ * Its quiescence test is each shard's loop-turn counter
  * moving: a shard holds a run it found only within a turn, unless it
  * counted it in flight.
  */
 struct sweeper {
 	pthread_t thread;
 	struct run_table *runs;
+	struct grant_table *grants;
 	struct shard *shards;
 	int n_shards;
 	const _Atomic int64_t *clock_offset_s;
@@ -221,6 +224,7 @@ static void *sweeper_main(void *arg)
 					     quiesce_shards, w);
 		if (freed)
 			log_info("%u idle runs expired, %u live", freed, runs_live(w->runs));
+		grants_reclaim(w->grants, quiesce_shards, w);
 	}
 	return NULL;
 }
@@ -306,7 +310,8 @@ int main(int argc, char **argv)
 		}
 	}
 	struct alerts *alerts = alerts_start(cfg, &clock_offset_s);
-	struct sweeper sweeper = { .runs = cfg->runs, .shards = shards, .n_shards = workers,
+	struct sweeper sweeper = { .runs = cfg->runs, .grants = cfg->grants,
+				   .shards = shards, .n_shards = workers,
 				   .clock_offset_s = &clock_offset_s };
 	/* as opened; its dir copied, since cfg's memory goes with its generation */
 	struct cfg_ledger ledger_cfg = cfg->ledger;

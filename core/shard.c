@@ -25,6 +25,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "ledger/writer.h"
+#include "net/grants_api.h"
 #include "core/runs.h"
 #include "net/client.h"
 #include "net/upstream.h"
@@ -70,6 +71,7 @@ static void tidy_budgets(struct shard *s)
 			budget_tidy(cfg->keys[i].budget.scope, shard, &s->clock);
 	if (cfg->runs)
 		runs_tidy(cfg->runs, shard, &s->clock);
+	grants_api_tidy(s);
 	s->next_tidy_ms = s->now_ms + 1000;
 }
 

@@ -60,7 +60,7 @@ int ledger_start(struct ledger_set *ls, struct config *cfg, uint32_t n_shards, i
 		ledger_stop(ls);
 		return rc;
 	}
-	rc = ledger_replay(ls->dir_fd, cfg, now_s, repair, &ls->replay);
+	rc = ledger_replay(ls->dir_fd, cfg, n_shards, now_s, repair, &ls->replay);
 	if (rc) {
 		if (rc != -EBADMSG)
 			log_error("ledger: replay of %s failed: %s", dir, strerror(-rc));
@@ -81,7 +81,7 @@ int ledger_start(struct ledger_set *ls, struct config *cfg, uint32_t n_shards, i
 			ls->n = i + 1;
 	}
 	if (!rc)
-		rc = ledger_replay_book_orphans(&ls->replay, ls->writers, ls->n);
+		rc = ledger_replay_book_pending(&ls->replay, ls->writers, ls->n);
 	if (rc) {
 		log_error("ledger: cannot open segments in %s: %s", dir, strerror(-rc));
 		ledger_stop(ls);
@@ -90,11 +90,13 @@ int ledger_start(struct ledger_set *ls, struct config *cfg, uint32_t n_shards, i
 	const struct ledger_replay *r = &ls->replay;
 	char usd[32];
 	money_format(r->restored_usd, usd, sizeof(usd));
-	log_info("ledger %s: replayed %llu records in %llu segments: %llu spends ($%s), %u live "
-		 "runs, %llu orphaned reservations charged, %llu torn bytes truncated", dir,
+	log_info("ledger %s: replayed %llu records in %llu segments: %llu spends ($%s in all), "
+		 "%u live runs, %u open grants (%u closed at expiry), %llu orphaned reservations "
+		 "charged, %llu torn bytes truncated", dir,
 		 (unsigned long long)r->records, (unsigned long long)r->segments,
-		 (unsigned long long)r->commits, usd, r->runs_restored,
-		 (unsigned long long)r->expired, (unsigned long long)r->truncated_bytes);
+		 (unsigned long long)r->commits, usd, r->runs_restored, r->grants_restored,
+		 r->grants_closed, (unsigned long long)r->expired,
+		 (unsigned long long)r->truncated_bytes);
 	ledger_replay_free(&ls->replay);
 	return 0;
 }

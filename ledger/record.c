@@ -120,7 +120,7 @@ const char *ledger_field_name(unsigned field)
 {
 	static const char *const names[LF_COUNT] = {
 		"run", "key", "user", "team", "org", "provider", "model", "requested_model",
-		"prices_version", "tags", "code", "peer_team",
+		"prices_version", "tags", "code", "peer_team", "grant", "grantee_key",
 	};
 	return field < LF_COUNT ? names[field] : NULL;
 }

@@ -20,6 +20,8 @@
  *    56    24  input, output and cached input tokens (3 × u64)
  *    80     …  n text fields, each a u16 length and its bytes (not NUL-ended)
  *
+ * grant_open records put the grant's expiry (UTC ms) in `reserved`.
+ *
  * The layout above never changes: a later version may only append text
  * fields, so readers accept any version (and more fields than they know,
  * or fewer: absent ones are empty). docs/ledger.md describes what each
@@ -68,6 +70,8 @@ enum ledger_field {
 	LF_TAGS,                              /* X-Budget-Tags as sent */
 	LF_CODE,                              /* refusal or cut code, reason, outcome */
 	LF_PEER,                              /* the other team of a chargeback */
+	LF_GRANT,                             /* the grant spent or opened ("g-...") */
+	LF_GRANTEE,                           /* a grant's grantee key */
 	LF_COUNT
 };
 

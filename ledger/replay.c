@@ -15,9 +15,11 @@
 #include "core/budget.h"
 #include "core/budget_book.h"
 #include "core/decisions.h"
+#include "core/grants.h"
 #include "core/log.h"
 #include "core/money.h"
 #include "core/runs.h"
+#include "ledger/replay_grants.h"
 #include "ledger/segment.h"
 
 #define ORPHAN_BUCKETS (1u << 16)
@@ -91,6 +93,7 @@ static uint32_t bucket(uint64_t decision)
 struct run_seen {
 	char id[RUN_ID_MAX + 1], key[RUN_ID_MAX + 1];
 	int64_t limit, spent, last_ms;
+	int32_t open_grants;         /* a run holding a grant never expires */
 };
 
 struct run_index {
@@ -153,8 +156,30 @@ struct replay_ctx {
 	struct name_map keys, users, teams, orgs;
 	struct ledger_orphan **orphans;          /* ORPHAN_BUCKETS chains */
 	struct run_index runs;
+	struct grant_index grants;
+	uint32_t n_shards;
 	int error;
 };
+
+/* A record replay books once the writers are open. */
+static void pend(struct replay_ctx *x, const struct ledger_rec *r)
+{
+	struct ledger_replay *o = x->out;
+	size_t need = ledger_rec_size(r);
+	if (o->pending_len + need > o->pending_cap) {
+		size_t cap = o->pending_cap ? o->pending_cap * 2 : 65536;
+		while (cap < o->pending_len + need)
+			cap *= 2;
+		char *p = realloc(o->pending, cap);
+		if (!p) {
+			x->error = -ENOMEM;
+			return;
+		}
+		o->pending = p;
+		o->pending_cap = cap;
+	}
+	o->pending_len += ledger_encode(r, o->pending + o->pending_len);
+}
 
 /* Adds usd to b if its window then is its window now. */
 static void restore(struct replay_ctx *x, const struct cfg_budget *b, const struct budget_clock *then,
@@ -196,6 +221,10 @@ static void run_touch(struct replay_ctx *x, const struct ledger_rec *r, int64_t 
 		ledger_text_cstr(r->f[LF_KEY], run->key, sizeof(run->key));
 	run->limit = r->run_limit;
 	run->spent += usd;
+	if (r->kind == LEDGER_GRANT_OPEN)
+		run->open_grants++;
+	else if (r->kind == LEDGER_GRANT_CLOSE)
+		run->open_grants--;
 	if (r->time_ms > run->last_ms)
 		run->last_ms = r->time_ms;
 }
@@ -272,10 +301,21 @@ static int apply(const struct ledger_rec *r, size_t off, void *arg)
 		x->out->commits++;
 		spend(x, r, r->usd);
 		run_touch(x, r, r->usd);
+		if (grant_index_note(&x->grants, r))
+			x->error = -ENOMEM;
 		break;
 	case LEDGER_RELEASE:
 		note_outcome(x, r);
 		run_touch(x, r, 0);
+		break;
+	case LEDGER_GRANT_OPEN:
+		run_touch(x, r, 0);
+		if (grant_index_note(&x->grants, r))
+			x->error = -ENOMEM;
+		break;
+	case LEDGER_GRANT_CLOSE:   /* the parent run spent what the grant did */
+		run_touch(x, r, r->usd);
+		grant_index_note(&x->grants, r);
 		break;
 	default:
 		break;
@@ -375,7 +415,8 @@ static void reopen_runs(struct replay_ctx *x, int64_t now_s)
 		struct run_seen *rs = &x->runs.v[i];
 		int k = map_find(&x->keys, cfg, (struct ledger_text){ rs->key,
 								      (uint16_t)strlen(rs->key) });
-		if (k < 0 || rs->last_ms / 1000 + cfg->keys[k].run.ttl_s <= now_s)
+		if (k < 0 || (rs->last_ms / 1000 + cfg->keys[k].run.ttl_s <= now_s &&
+			      rs->open_grants <= 0))
 			continue;
 		const struct cfg_key *key = &cfg->keys[k];
 		struct run_terms terms = budget_run_terms(cfg, key, rs->limit);
@@ -404,16 +445,101 @@ static void ctx_free(struct replay_ctx *x)
 	free(x->orgs.slot);
 	free(x->runs.v);
 	free(x->runs.slot);
+	grant_index_free(&x->grants);
+	if (x->orphans)
+		for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
+			for (struct ledger_orphan *o = x->orphans[b], *next; o; o = next) {
+				next = o->next;
+				free(o);
+			}
+	free(x->orphans);
 }
 
-int ledger_replay(int dir_fd, struct config *cfg, int64_t now_s, bool repair,
-		  struct ledger_replay *out)
+/* Orphan reservations: spent, and an expire booked for each. */
+static void expire_orphans(struct replay_ctx *x)
+{
+	for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
+		for (struct ledger_orphan *o = x->orphans[b]; o; o = o->next) {
+			struct ledger_rec r;
+			size_t size;
+			if (!o->len || ledger_decode(o->rec, o->len, &r, &size) != LEDGER_OK)
+				continue;
+			r.kind = LEDGER_EXPIRE;   /* at its reservation's time: its window */
+			r.reserved = r.usd;
+			r.f[LF_CODE] = (struct ledger_text){ "reservation_orphaned", 20 };
+			spend(x, &r, r.usd);
+			run_touch(x, &r, r.usd);
+			if (grant_index_note(&x->grants, &r))
+				x->error = -ENOMEM;
+			pend(x, &r);
+			x->out->expired++;
+		}
+}
+
+/* A grant that cannot live on (expired, or its parent is gone): closed,
+ * its spend charged to its parent run. */
+static void close_grant_seen(struct replay_ctx *x, struct grant_seen *g, bool run_too)
+{
+	struct ledger_rec r;
+	grant_seen_record(g, LEDGER_GRANT_CLOSE, x->now.now_s * 1000, &r);
+	if (run_too)
+		run_touch(x, &r, r.usd);
+	pend(x, &r);
+	g->open = false;
+	x->out->grants_closed++;
+}
+
+/* Opens again a grant still open: its parent holds its amount again. */
+static void reopen_grant(struct replay_ctx *x, struct grant_seen *gs)
+{
+	struct config *cfg = x->cfg;
+	struct run *parent = runs_find(cfg->runs, gs->parent_run, strlen(gs->parent_run));
+	uint64_t owner = gs->decision >> DECISION_ID_SHARD_SHIFT;
+	if (owner >= x->n_shards)
+		owner = 0;
+	struct grant *g = parent ? grants_alloc(cfg->grants) : NULL;
+	uint32_t over;
+	if (!g || budget_reserve(&parent->scope, 1, (uint32_t)owner, gs->amount, &x->now,
+				 &over) >= 0) {
+		grants_discard(g);
+		close_grant_seen(x, gs, false);   /* its run is live or gone: charged below */
+		if (parent)
+			budget_restore(parent->scope, gs->spent, &x->now);
+		return;
+	}
+	grant_seen_fill(gs, g, (uint32_t)owner);
+	g->parent = parent;
+	if (!grants_publish(cfg->grants, g)) {
+		budget_release(&parent->scope, 1, (uint32_t)owner, gs->amount, &x->now);
+		grants_discard(g);
+		close_grant_seen(x, gs, false);
+		budget_restore(parent->scope, gs->spent, &x->now);
+		return;
+	}
+	budget_restore(g->scope, gs->spent, &x->now);
+	runs_begin(parent, (uint32_t)owner, x->now.now_s);
+	x->out->grants_restored++;
+}
+
+static void restore_grants(struct replay_ctx *x, bool expired_pass)
+{
+	for (struct grant_seen *g = x->grants.all; g; g = g->next_all) {
+		if (!g->open)
+			continue;
+		if (expired_pass && g->expires_ms / 1000 <= x->now.now_s)
+			close_grant_seen(x, g, true);
+		else if (!expired_pass)
+			reopen_grant(x, g);
+	}
+}
+
+int ledger_replay(int dir_fd, struct config *cfg, uint32_t n_shards, int64_t now_s,
+		  bool repair, struct ledger_replay *out)
 {
 	memset(out, 0, sizeof(*out));
-	struct replay_ctx x = { .cfg = cfg, .out = out };
+	struct replay_ctx x = { .cfg = cfg, .out = out, .n_shards = n_shards };
 	budget_clock_set(&x.now, now_s);
 	x.orphans = calloc(ORPHAN_BUCKETS, sizeof(*x.orphans));
-	out->orphans = (struct ledger_orphan *)x.orphans;
 	int rc = x.orphans ? 0 : -ENOMEM;
 	if (!rc)
 		rc = map_build(&x.keys, cfg, cfg->n_keys, key_name) ||
@@ -428,57 +554,36 @@ int ledger_replay(int dir_fd, struct config *cfg, int64_t now_s, bool repair,
 		rc = replay_segment(dir_fd, &segs[i], repair, &x);
 	free(segs);
 	if (!rc) {
-		/* orphans are spent too (their expire records follow) */
-		for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
-			for (struct ledger_orphan *o = x.orphans[b]; o; o = o->next) {
-				struct ledger_rec r;
-				size_t size;
-				if (!o->len || ledger_decode(o->rec, o->len, &r, &size) != LEDGER_OK)
-					continue;
-				spend(&x, &r, r.usd);
-				run_touch(&x, &r, r.usd);
-				out->expired++;
-			}
+		expire_orphans(&x);
+		restore_grants(&x, true);    /* before runs: their spend goes to the parent */
 		reopen_runs(&x, now_s);
+		restore_grants(&x, false);
 		rc = x.error;
 	}
 	ctx_free(&x);
 	return rc;
 }
 
-int ledger_replay_book_orphans(struct ledger_replay *rp, struct ledger_writer *writers,
+int ledger_replay_book_pending(struct ledger_replay *rp, struct ledger_writer *writers,
 			       uint32_t n)
 {
-	struct ledger_orphan **buckets = (struct ledger_orphan **)rp->orphans;
-	if (!buckets || !n)
-		return 0;
-	for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
-		for (struct ledger_orphan *o = buckets[b]; o; o = o->next) {
-			struct ledger_rec r;
-			size_t size;
-			if (!o->len || ledger_decode(o->rec, o->len, &r, &size) != LEDGER_OK)
-				continue;
-			uint64_t shard = r.decision >> DECISION_ID_SHARD_SHIFT;
-			r.kind = LEDGER_EXPIRE;   /* at its reservation's time: its window */
-			r.reserved = r.usd;
-			r.f[LF_CODE] = (struct ledger_text){ "reservation_orphaned", 20 };
-			int rc = ledger_append(&writers[shard < n ? shard : 0], &r);
-			if (rc)
-				return rc;
-		}
+	for (size_t off = 0; n && off < rp->pending_len;) {
+		struct ledger_rec r;
+		size_t size;
+		if (ledger_decode(rp->pending + off, rp->pending_len - off, &r, &size) != LEDGER_OK)
+			return -EINVAL;
+		uint64_t shard = r.decision >> DECISION_ID_SHARD_SHIFT;
+		int rc = ledger_append(&writers[shard < n ? shard : 0], &r);
+		if (rc)
+			return rc;
+		off += size;
+	}
 	return 0;
 }
 
 void ledger_replay_free(struct ledger_replay *rp)
 {
-	struct ledger_orphan **buckets = (struct ledger_orphan **)rp->orphans;
-	if (!buckets)
-		return;
-	for (uint32_t b = 0; b < ORPHAN_BUCKETS; b++)
-		for (struct ledger_orphan *o = buckets[b], *next; o; o = next) {
-			next = o->next;
-			free(o);
-		}
-	free(buckets);
-	rp->orphans = NULL;
+	free(rp->pending);
+	rp->pending = NULL;
+	rp->pending_len = rp->pending_cap = 0;
 }

@@ -10,7 +10,9 @@
  * spent. A reservation with no outcome (the process died while its call
  * was in flight) is charged in full: an `expire` record is booked for it,
  * since tokens may have been generated and a budget authority must not
- * guess low.
+ * guess low. Grants still open are opened again (their parent run holds
+ * their amount again, their spend so far restored); one that expired while
+ * tollgate was down is closed, its spend charged to its parent run.
  *
  * Damage: a torn tail of a shard's last segment (a crash mid-write) is
  * reported and truncated to the last whole record. Anything else that is
@@ -27,17 +29,17 @@
 #include "core/config_types.h"
 #include "ledger/writer.h"
 
-struct ledger_orphan;
-
 struct ledger_replay {
 	uint64_t segments, records, commits;
 	uint64_t expired;                          /* orphan reservations charged */
 	int64_t restored_usd;                      /* spend put back in open windows */
 	uint32_t runs_restored;
+	uint32_t grants_restored, grants_closed;   /* open ones; expired while down */
 	uint64_t truncated_bytes, repaired_bytes;
 	uint64_t next_seq[BUDGET_MAX_SHARDS];      /* each shard's next segment number */
 	uint64_t next_decision[BUDGET_MAX_SHARDS]; /* its next decision counter */
-	struct ledger_orphan *orphans;             /* reservations to book as expired */
+	char *pending;                             /* encoded records to book at start: */
+	size_t pending_len, pending_cap;           /* expire and grant_close */
 };
 
 /*
@@ -45,12 +47,13 @@ struct ledger_replay {
  * of now_s (UTC seconds). 0, or -EBADMSG on damage that needs `repair`
  * (reported on the log), or another negative errno.
  */
-int ledger_replay(int dir_fd, struct config *cfg, int64_t now_s, bool repair,
-		  struct ledger_replay *out);
-/* Books an expire record for each orphan into writers[its shard] (or
- * writers[0] when that shard no longer runs), dated like its reservation
- * so that it counts in the same window. 0 or a negative errno. */
-int ledger_replay_book_orphans(struct ledger_replay *rp, struct ledger_writer *writers,
+int ledger_replay(int dir_fd, struct config *cfg, uint32_t n_shards, int64_t now_s,
+		  bool repair, struct ledger_replay *out);
+/* Books the records replay decided on (an expire per orphan reservation,
+ * dated like it so that it counts in the same window; a grant_close per
+ * grant that expired while tollgate was down) into writers[their shard]
+ * (writers[0] when that shard no longer runs). 0 or a negative errno. */
+int ledger_replay_book_pending(struct ledger_replay *rp, struct ledger_writer *writers,
 			       uint32_t n);
 void ledger_replay_free(struct ledger_replay *rp);
 

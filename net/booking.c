@@ -7,6 +7,7 @@
 
 #include "core/config.h"
 #include "core/decisions.h"
+#include "core/grants.h"
 #include "core/log.h"
 #include "core/pricing.h"
 #include "core/runs.h"
@@ -57,6 +58,8 @@ static void fill(const struct exchange *ex, struct ledger_rec *r, uint8_t kind)
 		r->flags |= LEDGER_F_DOWNGRADED;
 	}
 	r->f[LF_PRICES] = text(cfg->prices_version);
+	if (ex->grant)
+		r->f[LF_GRANT] = text(ex->grant->id);
 	if (ex->tags)
 		r->f[LF_TAGS] = (struct ledger_text){ ex->tags, (uint16_t)ex->tags_len };
 	if (ex->problem_code[0])
@@ -100,6 +103,32 @@ bool booking_reserve(struct exchange *ex)
 	return rc == 0;
 }
 
+/*
+ * East-west (SPEC §5): a grant spent by another team's key is paid for by
+ * the grantor's team. `team` is the debited team, `peer_team` the credited
+ * one, usd what the call cost; the rest is the commit's.
+ */
+static void book_chargeback(struct exchange *ex, struct ledger_writer *w,
+			    const struct ledger_rec *commit)
+{
+	const struct grant *g = ex->grant;
+	const struct cfg_principal *team = &ex->cfg->teams[ex->key->team];
+	if (!strcmp(g->grantor_team, team->name))
+		return;
+	struct ledger_rec r = *commit;
+	r.kind = LEDGER_CHARGEBACK;
+	r.f[LF_TEAM] = text(g->grantor_team);
+	r.f[LF_ORG] = text(g->grantor_org);
+	r.f[LF_PEER] = text(team->name);
+	r.f[LF_USER] = (struct ledger_text){ 0 };
+	int rc = ledger_append(w, &r);
+	if (rc) {
+		log_error("ledger: cannot book the chargeback of decision %llx: %s",
+			  (unsigned long long)ex->decision_id, strerror(-rc));
+		ex->ledger_failed = true;
+	}
+}
+
 void booking_settle(struct exchange *ex)
 {
 	struct ledger_writer *w = writer(ex);
@@ -127,6 +156,65 @@ void booking_settle(struct exchange *ex)
 		return;
 	}
 	ex->ledger_hold = kind == LEDGER_COMMIT;
+	if (kind == LEDGER_COMMIT && ex->grant && ex->actual_usd)
+		book_chargeback(ex, w, &r);
+}
+
+bool booking_grant(struct shard *s, const struct config *cfg, const struct grant *g,
+		   uint8_t kind, int64_t usd)
+{
+	if (!s->ledger)
+		return true;
+	struct ledger_rec r = {
+		.kind = kind,
+		.time_ms = s->clock.now_s * 1000 + (int64_t)(s->now_ms % 1000),
+		.decision = g->decision,
+		.usd = usd,
+		.reserved = kind == LEDGER_GRANT_OPEN ? g->expires_s * 1000 : g->amount,
+		.run_limit = g->parent->limit,
+		.flags = LEDGER_F_RUN_KEPT,
+	};
+	r.f[LF_RUN] = text(g->parent_run);
+	r.f[LF_KEY] = text(g->grantor_key);
+	r.f[LF_TEAM] = text(g->grantor_team);
+	r.f[LF_ORG] = text(g->grantor_org);
+	r.f[LF_PEER] = text(g->grantee_team);
+	r.f[LF_GRANT] = text(g->id);
+	r.f[LF_GRANTEE] = text(g->grantee_key);
+	r.f[LF_PRICES] = text(cfg->prices_version);
+	char hash[65];
+	if (kind == LEDGER_GRANT_OPEN) {   /* replay finds the grant by it again */
+		static const char hex[] = "0123456789abcdef";
+		for (int i = 0; i < 32; i++) {
+			hash[2 * i] = hex[g->token_sha256[i] >> 4];
+			hash[2 * i + 1] = hex[g->token_sha256[i] & 15];
+		}
+		r.f[LF_CODE] = (struct ledger_text){ hash, 64 };
+	}
+	int rc = ledger_append(s->ledger, &r);
+	if (rc)
+		log_error("ledger: cannot book %s of grant %s: %s", ledger_kind_name(kind), g->id,
+			  strerror(-rc));
+	return rc == 0;
+}
+
+bool booking_outcome(struct exchange *ex, const struct run *run, const char *outcome)
+{
+	struct ledger_writer *w = writer(ex);
+	struct ledger_rec r;
+	fill(ex, &r, LEDGER_OUTCOME);
+	r.f[LF_RUN] = (struct ledger_text){ run->id, run->id_len };
+	r.run_limit = run->limit;
+	r.flags = LEDGER_F_RUN_KEPT;
+	r.f[LF_CODE] = text(outcome);
+	r.f[LF_MODEL] = r.f[LF_PROVIDER] = (struct ledger_text){ 0 };
+	int rc = ledger_append(w, &r);
+	if (rc) {
+		log_error("ledger: cannot book an outcome of run %s: %s", run->id, strerror(-rc));
+		return false;
+	}
+	ex->ledger_hold = true;
+	return true;
 }
 
 static void reply_end_written(struct ledger_wait *wt, int err)
@@ -142,9 +230,10 @@ static void reply_end_written(struct ledger_wait *wt, int err)
 
 bool booking_hold_reply_end(struct exchange *ex)
 {
-	if (!ex->allowed || ex->state == EX_LOCAL || !(ex->resp_complete || stream_done(ex)))
-		return false;
-	decide_settle(ex);
+	/* a relayed reply is settled (and booked) as its end goes out; a
+	 * local one may have booked something already (a grant, an outcome) */
+	if (ex->allowed && ex->state != EX_LOCAL && (ex->resp_complete || stream_done(ex)))
+		decide_settle(ex);
 	if (ex->ledger_failed) {
 		client_abort(ex->client);
 		return true;

@@ -25,6 +25,14 @@ bool booking_reserve(struct exchange *ex);
 /* The settled (or refused) decision; sets ex->ledger_hold when the end of
  * the reply must wait for the write. */
 void booking_settle(struct exchange *ex);
+/* A grant's record (grant_open, grant_close) booked by shard s: usd is
+ * the amount opened, or what the grant spent. false: not booked (logged). */
+struct grant;
+bool booking_grant(struct shard *s, const struct config *cfg, const struct grant *g,
+		   uint8_t kind, int64_t usd);
+/* An outcome attached to run (POST /v1/budget/outcomes); sets
+ * ex->ledger_hold. false: not booked (logged). */
+bool booking_outcome(struct exchange *ex, const struct run *run, const char *outcome);
 /* Called with the reply's last send queued but not posted: true when it
  * is held until the ledger write completes (then posted, or the agent's
  * connection aborted if the write failed). */

@@ -128,7 +128,7 @@ enum exchange_state {
  *   body       the request body: inline up to EX_INLINE_BODY, else heap
  */
 #define EX_INLINE_BODY 16384
-#define EX_MAX_SCOPES 5       /* run, key, user, team, org */
+#define EX_MAX_SCOPES 6       /* run, key, user, team, org, grant */
 #define EX_USAGE_TAIL 2048    /* usage sits at the end of a reply body */
 #define EX_RESP_HEAD 16384
 
@@ -152,7 +152,7 @@ struct exchange {
 	const struct cfg_key *key;
 	struct run *run;
 	struct budget_scope *scopes[EX_MAX_SCOPES];
-	const char *scope_kind[EX_MAX_SCOPES];    /* "run", "key", "user", "team", "org" */
+	const char *scope_kind[EX_MAX_SCOPES];    /* "run", "key", "user", "team", "org", "grant" */
 	const char *scope_name[EX_MAX_SCOPES];
 	uint8_t scope_mode[EX_MAX_SCOPES];        /* enum budget_mode */
 	uint8_t n_scopes;
@@ -165,7 +165,9 @@ struct exchange {
 	uint32_t idem_slot;       /* X-Budget-Idempotency-Key's table slot */
 	bool idem_claimed;        /* this call claimed it: finish it at the end */
 	bool run_held;            /* runs_begin() on ex->run: runs_end() at the end */
+	struct grant *grant;      /* X-Budget-Grant-Token's grant, held (grants_begin) */
 	bool replayed;            /* the reply repeats an earlier decision: no record */
+	bool budget_api;          /* a /v1/budget call, not a model call: no call record */
 	uint8_t replay_kind;      /* 1 + enum decision_kind of that decision; 0: none */
 	uint8_t outcome;          /* enum decision_outcome, set when settled */
 	uint8_t mode_in_force;    /* enum budget_mode, as X-Budget-Enforcement-Mode said */

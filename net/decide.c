@@ -23,6 +23,7 @@
 #include "core/budget_book.h"
 #include "core/config.h"
 #include "core/decisions.h"
+#include "core/grants.h"
 #include "core/idempotency.h"
 #include "core/log.h"
 #include "core/pricing.h"
@@ -229,6 +230,45 @@ static void collect_scopes(struct exchange *ex)
 	ex->scope_mode[0] = ex->run->mode;
 	ex->n_scopes = 1;
 	decide_key_scopes(ex);
+}
+
+/*
+ * X-Budget-Grant-Token: the call spends a grant (SPEC §5) as well as its
+ * own key's scopes. The token is looked up by its SHA-256 (tokens are not
+ * kept); it must name an open grant made out to this key. Answers itself
+ * and returns false on refusal.
+ */
+static bool use_grant(struct exchange *ex)
+{
+	uint32_t len;
+	const char *token = http1_field(&ex->req.head, "x-budget-grant-token", &len);
+	if (!token)
+		return true;
+	unsigned char digest[32];
+	struct grant *g = NULL;
+	if (len == GRANT_TOKEN_LEN &&
+	    !mbedtls_sha256_ret((const unsigned char *)token, len, digest, 0))
+		g = grants_find(ex->cfg->grants, digest);
+	if (!g) {
+		reply_problem(ex, 403, "unknown_grant", "no open grant has this token");
+		return false;
+	}
+	if (strcmp(g->grantee_key, ex->key->id)) {
+		reply_problem(ex, 403, "grant_not_for_this_key", "this grant was made to another key");
+		return false;
+	}
+	uint32_t shard = (uint32_t)ex->client->shard->id;
+	if (ex->client->shard->clock.now_s >= g->expires_s || !grants_begin(g, shard)) {
+		reply_problem(ex, 403, "grant_closed", "this grant has expired or been closed");
+		return false;
+	}
+	ex->grant = g;
+	ex->scopes[ex->n_scopes] = g->scope;
+	ex->scope_kind[ex->n_scopes] = "grant";
+	ex->scope_name[ex->n_scopes] = g->id;
+	ex->scope_mode[ex->n_scopes] = MODE_HARD_GATE;
+	ex->n_scopes++;
+	return true;
 }
 
 /* What a refusal needs to list alternatives. */
@@ -509,6 +549,8 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	if (!open_run(ex))
 		return false;
 	collect_scopes(ex);
+	if (!use_grant(ex))
+		return false;
 	/* A stream under run.stream_lease starts with its input and one lease
 	 * step of output reserved, and extends as it goes (net/stream.c), so
 	 * parallel streams do not lock up the budget their worst cases would. */

@@ -34,7 +34,9 @@
 #include "core/shard.h"
 #include "net/client.h"
 #include "net/decide.h"
+#include "net/grants_api.h"
 #include "net/http1.h"
+#include "net/outcomes_api.h"
 #include "net/stream.h"
 #include "net/upstream.h"
 
@@ -394,6 +396,41 @@ static bool build_upstream_head(struct exchange *ex, const char *path_tail,
 			     (unsigned long long)content_length);
 }
 
+static bool method_is(struct exchange *ex, unsigned method, unsigned want)
+{
+	bool get = want == HTTP_GET;
+	if (method == want || (get && method == HTTP_HEAD))
+		return true;
+	reply_problem(ex, 405, "method_not_allowed",
+		      want == HTTP_GET ? "use GET" : want == HTTP_POST ? "use POST" : "use DELETE");
+	return false;
+}
+
+/* /v1/budget[...] (rest is what follows "/v1/budget"). */
+static void budget_route(struct exchange *ex, const char *rest, size_t len, unsigned method)
+{
+	if (len == 0) {
+		if (method_is(ex, method, HTTP_GET))
+			decide_budget_state(ex);
+	} else if (len > 6 && !memcmp(rest, "/runs/", 6)) {
+		if (method_is(ex, method, HTTP_GET))
+			decide_run_state(ex, rest + 6, len - 6);
+	} else if (len == 7 && !memcmp(rest, "/grants", 7)) {
+		if (method_is(ex, method, HTTP_POST))
+			grants_api_open(ex);
+	} else if (len > 8 && !memcmp(rest, "/grants/", 8)) {
+		if (method == HTTP_DELETE)
+			grants_api_close(ex, rest + 8, len - 8);
+		else if (method_is(ex, method, HTTP_GET))
+			grants_api_get(ex, rest + 8, len - 8);
+	} else if (len == 9 && !memcmp(rest, "/outcomes", 9)) {
+		if (method_is(ex, method, HTTP_POST))
+			outcomes_api_post(ex);
+	} else {
+		reply_problem(ex, 404, "not_found", "no such route");
+	}
+}
+
 void proxy_request(struct exchange *ex)
 {
 	struct shard *s = ex->client->shard;
@@ -412,14 +449,8 @@ void proxy_request(struct exchange *ex)
 		return;
 	}
 	if (path_len >= 10 && !memcmp(url, "/v1/budget", 10)) {
-		if (method != HTTP_GET && method != HTTP_HEAD)
-			reply_problem(ex, 405, "method_not_allowed", "use GET");
-		else if (path_len == 10)
-			decide_budget_state(ex);
-		else if (path_len > 16 && !memcmp(url + 10, "/runs/", 6))
-			decide_run_state(ex, url + 16, path_len - 16);
-		else
-			reply_problem(ex, 404, "not_found", "no such route");
+		ex->budget_api = true;
+		budget_route(ex, url + 10, path_len - 10, method);
 		return;
 	}
 	if (path_len > 18 && !memcmp(url, "/budget/decisions/", 18)) {

@@ -19,6 +19,7 @@
 
 #include "core/budget.h"
 #include "core/decisions.h"
+#include "core/grants.h"
 #include "core/idempotency.h"
 #include "core/pricing.h"
 #include "core/shard.h"
@@ -157,10 +158,13 @@ void decide_settle(struct exchange *ex)
 		settle_reservation(ex);
 	if (ex->key && !ex->replayed) {
 		record(ex);
-		booking_settle(ex);
+		if (!ex->budget_api)
+			booking_settle(ex);
 	}
 	if (ex->idem_claimed)
 		idem_finish(ex->cfg->idem, ex->idem_slot, ex->decision_id);
+	if (ex->grant)      /* after its commit: the owner then reads what it spent */
+		grants_end(ex->grant, (uint32_t)ex->client->shard->id);
 	if (ex->run_held)   /* last: the run may be freed as soon as it is not held */
 		runs_end(ex->run, (uint32_t)ex->client->shard->id);
 }

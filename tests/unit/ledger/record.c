@@ -28,7 +28,8 @@ static struct ledger_rec full_record(void)
 	};
 	static const char *const text[LF_COUNT] = {
 		"run-1", "k-ops", "alice", "support", "acme", "openai", "gpt-4o-mini",
-		"gpt-4o", "2026-11", "app=x,env=y", "budget_exceeded", "",
+		"gpt-4o", "2026-11", "app=x,env=y", "budget_exceeded", "", "g-00000001",
+		"k-grantee",
 	};
 	for (int i = 0; i < LF_COUNT; i++)
 		set(&r, i, text[i], strlen(text[i]));

@@ -1,0 +1,138 @@
+/*
+ * replay_grants.c — grants seen in a ledger replay (replay_grants.h).
+ */
+#include "ledger/replay_grants.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+static uint32_t bucket(struct ledger_text id)
+{
+	return (uint32_t)XXH3_64bits(id.p, id.len) & (GRANT_SEEN_BUCKETS - 1);
+}
+
+static struct grant_seen *find(struct grant_index *gi, struct ledger_text id)
+{
+	for (struct grant_seen *g = gi->buckets[bucket(id)]; g; g = g->next)
+		if (strlen(g->id) == id.len && !memcmp(g->id, id.p, id.len))
+			return g;
+	return NULL;
+}
+
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The token hash a grant_open carries as 64 hex digits in `code`. */
+static bool read_hash(struct ledger_text t, unsigned char out[32])
+{
+	if (t.len != 64)
+		return false;
+	for (int i = 0; i < 32; i++) {
+		int hi = hexval(t.p[2 * i]), lo = hexval(t.p[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return true;
+}
+
+static int note_open(struct grant_index *gi, const struct ledger_rec *r)
+{
+	struct ledger_text id = r->f[LF_GRANT];
+	if (!id.len || id.len > GRANT_ID_MAX || find(gi, id))
+		return 0;   /* malformed, or seen: the first one counts */
+	struct grant_seen *g = calloc(1, sizeof(*g));
+	if (!g)
+		return -ENOMEM;
+	ledger_text_cstr(id, g->id, sizeof(g->id));
+	g->open = read_hash(r->f[LF_CODE], g->token_sha256);
+	ledger_text_cstr(r->f[LF_RUN], g->parent_run, sizeof(g->parent_run));
+	ledger_text_cstr(r->f[LF_KEY], g->grantor_key, sizeof(g->grantor_key));
+	ledger_text_cstr(r->f[LF_GRANTEE], g->grantee_key, sizeof(g->grantee_key));
+	ledger_text_cstr(r->f[LF_TEAM], g->grantor_team, sizeof(g->grantor_team));
+	ledger_text_cstr(r->f[LF_ORG], g->grantor_org, sizeof(g->grantor_org));
+	ledger_text_cstr(r->f[LF_PEER], g->grantee_team, sizeof(g->grantee_team));
+	ledger_text_cstr(r->f[LF_PRICES], g->prices, sizeof(g->prices));
+	g->decision = r->decision;
+	g->amount = r->usd;
+	g->expires_ms = r->reserved;
+	g->run_limit = r->run_limit;
+	uint32_t b = bucket(id);
+	g->next = gi->buckets[b];
+	gi->buckets[b] = g;
+	g->next_all = gi->all;
+	gi->all = g;
+	return 0;
+}
+
+int grant_index_note(struct grant_index *gi, const struct ledger_rec *r)
+{
+	if (!r->f[LF_GRANT].len)
+		return 0;
+	if (r->kind == LEDGER_GRANT_OPEN)
+		return note_open(gi, r);
+	struct grant_seen *g = find(gi, r->f[LF_GRANT]);
+	if (!g)
+		return 0;
+	if (r->kind == LEDGER_GRANT_CLOSE)
+		g->open = false;
+	else if (r->kind == LEDGER_COMMIT || r->kind == LEDGER_EXPIRE)
+		g->spent += r->usd;
+	return 0;
+}
+
+void grant_index_free(struct grant_index *gi)
+{
+	for (struct grant_seen *g = gi->all, *next; g; g = next) {
+		next = g->next_all;
+		free(g);
+	}
+	memset(gi, 0, sizeof(*gi));
+}
+
+static struct ledger_text text(const char *s)
+{
+	return (struct ledger_text){ s, (uint16_t)strlen(s) };
+}
+
+void grant_seen_record(const struct grant_seen *g, uint8_t kind, int64_t time_ms,
+		       struct ledger_rec *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->time_ms = time_ms;
+	r->decision = g->decision;
+	r->usd = kind == LEDGER_GRANT_CLOSE ? g->spent : g->amount;
+	r->reserved = g->amount;
+	r->run_limit = g->run_limit;
+	r->flags = LEDGER_F_RUN_KEPT;
+	r->f[LF_RUN] = text(g->parent_run);
+	r->f[LF_KEY] = text(g->grantor_key);
+	r->f[LF_TEAM] = text(g->grantor_team);
+	r->f[LF_ORG] = text(g->grantor_org);
+	r->f[LF_PEER] = text(g->grantee_team);
+	r->f[LF_GRANT] = text(g->id);
+	r->f[LF_GRANTEE] = text(g->grantee_key);
+	r->f[LF_PRICES] = text(g->prices);
+}
+
+void grant_seen_fill(const struct grant_seen *g, struct grant *live, uint32_t owner)
+{
+	snprintf(live->id, sizeof(live->id), "%s", g->id);
+	memcpy(live->token_sha256, g->token_sha256, 32);
+	snprintf(live->parent_run, sizeof(live->parent_run), "%s", g->parent_run);
+	snprintf(live->grantor_key, sizeof(live->grantor_key), "%s", g->grantor_key);
+	snprintf(live->grantee_key, sizeof(live->grantee_key), "%s", g->grantee_key);
+	snprintf(live->grantor_team, sizeof(live->grantor_team), "%s", g->grantor_team);
+	snprintf(live->grantor_org, sizeof(live->grantor_org), "%s", g->grantor_org);
+	snprintf(live->grantee_team, sizeof(live->grantee_team), "%s", g->grantee_team);
+	live->decision = g->decision;
+	live->owner = owner;
+	live->amount = g->amount;
+	live->expires_s = g->expires_ms / 1000;
+}

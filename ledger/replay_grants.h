@@ -1,0 +1,48 @@
+/*
+ * replay_grants.h — the grants a ledger replay finds (ledger/replay.c):
+ * each grant_open record, what was spent under it, and whether it closed.
+ */
+#ifndef TOLLGATE_LEDGER_REPLAY_GRANTS_H
+#define TOLLGATE_LEDGER_REPLAY_GRANTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/grants.h"
+#include "ledger/record.h"
+
+#define GRANT_SEEN_BUCKETS 4096
+
+struct grant_seen {
+	char id[GRANT_ID_MAX + 1];
+	unsigned char token_sha256[32];
+	char parent_run[RUN_ID_MAX + 1];
+	char grantor_key[RUN_ID_MAX + 1], grantee_key[RUN_ID_MAX + 1];
+	char grantor_team[GRANT_NAME_MAX + 1], grantor_org[GRANT_NAME_MAX + 1];
+	char grantee_team[GRANT_NAME_MAX + 1];
+	char prices[GRANT_NAME_MAX + 1];
+	uint64_t decision;               /* of the call that opened it: its shard */
+	int64_t amount, spent, expires_ms, run_limit;
+	bool open;
+	struct grant_seen *next;         /* bucket chain */
+	struct grant_seen *next_all;
+};
+
+struct grant_index {
+	struct grant_seen *buckets[GRANT_SEEN_BUCKETS];
+	struct grant_seen *all;
+};
+
+/* Takes note of a grant_open, grant_close, or a commit/expire spent under
+ * a grant. 0, or -ENOMEM. */
+int grant_index_note(struct grant_index *gi, const struct ledger_rec *r);
+void grant_index_free(struct grant_index *gi);
+
+/* The grant's record of `kind` (grant_close: usd is what it spent). Its
+ * text points into g. */
+void grant_seen_record(const struct grant_seen *g, uint8_t kind, int64_t time_ms,
+		       struct ledger_rec *r);
+/* A live grant (grants_alloc'd) set up as g was; owner is its shard. */
+void grant_seen_fill(const struct grant_seen *g, struct grant *live, uint32_t owner);
+
+#endif
