@@ -27,6 +27,7 @@ struct book_entry {
 	struct budget_scope *scope;     /* NULL: no shared budget */
 	struct retired *retired;        /* scopes replaced by a window change */
 	_Atomic uint32_t runs_opened;   /* keys: runs in the run table */
+	_Atomic uint32_t grants_opened; /* keys: open grants they made */
 	struct book_entry *next;
 };
 
@@ -156,8 +157,11 @@ int budget_book_bind(struct budget_book *b, struct config *cfg)
 		rc = bind_budget(b, KIND_USER, cfg->users[i].name, &cfg->users[i].budget);
 	for (uint32_t i = 0; i < cfg->n_keys && !rc; i++) {
 		rc = bind_budget(b, KIND_KEY, cfg->keys[i].id, &cfg->keys[i].budget);
-		if (!rc)
-			cfg->keys[i].runs_opened = &entry_for(b, KIND_KEY, cfg->keys[i].id)->runs_opened;
+		if (!rc) {
+			struct book_entry *e = entry_for(b, KIND_KEY, cfg->keys[i].id);
+			cfg->keys[i].runs_opened = &e->runs_opened;
+			cfg->keys[i].grants_opened = &e->grants_opened;
+		}
 	}
 	return rc;
 }

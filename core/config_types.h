@@ -140,6 +140,7 @@ struct cfg_key {
 	uint8_t mode;                /* enum budget_mode for run budgets */
 	int line;
 	_Atomic uint32_t *runs_opened; /* runs this key has opened (budget_book) */
+	_Atomic uint32_t *grants_opened; /* open grants this key has made (budget_book) */
 };
 
 /* Limits on everything a client controls, and the client-side timeouts. */

@@ -197,6 +197,8 @@ uint32_t grants_tidy(struct grant_table *t, uint32_t shard, int64_t now_s,
 		budget_totals(g->scope, &clk, &tot);
 		close(g, tot.committed, arg);
 		atomic_store(&g->state, GRANT_CLOSED);
+		if (g->grantor_count)
+			atomic_fetch_sub(g->grantor_count, 1);
 		*pp = g->next_owned;
 		retire(t, g);
 		closed++;

@@ -33,6 +33,7 @@
 #include "core/runs.h"
 
 #define GRANTS_MAX 16384             /* open grants in all */
+#define GRANTS_PER_KEY 256           /* open grants one key may have made */
 #define GRANT_ID_MAX 24              /* "g-" and hex */
 #define GRANT_TOKEN_LEN 40           /* "tgg_" and 36 hex digits */
 #define GRANT_NAME_MAX 128           /* team and org names (config's bound) */
@@ -58,6 +59,7 @@ struct grant {
 	struct budget_scope *scope;      /* limit `amount`, hard, total window */
 	_Atomic int state;               /* enum grant_state */
 	struct grant_use *use;           /* one per shard */
+	_Atomic uint32_t *grantor_count; /* the grantor key's open grants (budget_book) */
 	struct grant *next_owned;        /* the owner's list (owner only) */
 	struct grant *next_retired;
 };

@@ -518,6 +518,12 @@ static void reopen_grant(struct replay_ctx *x, struct grant_seen *gs)
 	}
 	budget_restore(g->scope, gs->spent, &x->now);
 	runs_begin(parent, (uint32_t)owner, x->now.now_s);
+	int k = map_find(&x->keys, cfg, (struct ledger_text){ gs->grantor_key,
+							      (uint16_t)strlen(gs->grantor_key) });
+	if (k >= 0) {
+		g->grantor_count = cfg->keys[k].grants_opened;
+		atomic_fetch_add(g->grantor_count, 1);
+	}
 	x->out->grants_restored++;
 }
 

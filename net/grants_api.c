@@ -222,10 +222,19 @@ void grants_api_open(struct exchange *ex)
 		reply_problem(ex, 400, "unknown_grantee_key", "grantee_key names no configured key");
 		return;
 	}
+	_Atomic uint32_t *count = ex->key->grants_opened;
+	if (atomic_fetch_add(count, 1) >= GRANTS_PER_KEY) {
+		atomic_fetch_sub(count, 1);
+		reply_problem(ex, 429, "too_many_grants", "this key has 256 open grants");
+		return;
+	}
 	char token[GRANT_TOKEN_LEN + 1];
 	struct grant *g = open_grant(ex, &rq, grantee, parent, token);
-	if (!g)
+	if (!g) {
+		atomic_fetch_sub(count, 1);
 		return;
+	}
+	g->grantor_count = count;
 	booking_grant(ex->client->shard, ex->cfg, g, LEDGER_GRANT_OPEN, g->amount);
 	ex->ledger_hold = true;   /* the token is not shown before the grant is booked */
 	char *b = ex->inline_body;
