@@ -278,28 +278,21 @@ int main(int argc, char **argv)
 	}
 	/* the ledger rebuilds spend before anything can be spent */
 	struct ledger_set ledger = { .dir_fd = -1 };
+	struct shard *shards = NULL;
 	if (cfg->ledger.dir && ledger_start(&ledger, cfg, (uint32_t)workers,
 					    time(NULL) + atomic_load(&clock_offset_s),
 					    opt.ledger_repair))
-		return 2;
-	struct shard *shards = calloc((size_t)workers, sizeof(*shards));
-	if (!shards) {
-		ledger_stop(&ledger);
-		return 2;
-	}
+		goto fail;
+	shards = calloc((size_t)workers, sizeof(*shards));
+	if (!shards)
+		goto fail;
 	for (int i = 0; i < workers; i++) {
 		int rc = shard_init(&shards[i], i, cfg->pin ? cpus[i % n_cpus] : -1, cfg);
 		if (rc) {
 			log_error("shard %d: start-up failed: %s", i, strerror(-rc));
-			/* Nothing runs yet: undo it all, so that even a leak-checking
-			 * build exits with the documented code. */
 			for (int j = 0; j <= i; j++)
 				shard_destroy(&shards[j]);
-			free(shards);
-			ledger_stop(&ledger);
-			config_unref(cfg);
-			budget_book_free(book);
-			return 2;
+			goto fail;
 		}
 	}
 	for (int i = 0; i < workers; i++) {
@@ -370,4 +363,11 @@ int main(int argc, char **argv)
 	budget_book_free(book);
 	log_info("stopped");
 	return code;
+
+fail:   /* nothing runs yet: undo it all, so even a leak-checking build exits 2 */
+	free(shards);
+	ledger_stop(&ledger);
+	config_unref(cfg);
+	budget_book_free(book);
+	return 2;
 }

@@ -49,6 +49,7 @@ static void update_clock(struct shard *s)
 	int64_t now = ts.tv_sec;
 	if (s->clock_offset_s)
 		now += atomic_load_explicit(s->clock_offset_s, memory_order_relaxed);
+	s->wall_ms = now * 1000 + ts.tv_nsec / 1000000;
 	if (now != s->clock.now_s)
 		budget_clock_set(&s->clock, now);
 }
@@ -383,8 +384,8 @@ static void *shard_main(void *arg)
 		struct __kernel_timespec ts = { .tv_sec = (long long)wait_ms / 1000,
 						.tv_nsec = (long long)(wait_ms % 1000) * 1000000 };
 		struct io_uring_cqe *cqe;
-		rc = io_uring_submit_and_wait_timeout(&s->ring.uring, &cqe, 1,
-							  wait_ms ? &ts : NULL, NULL);
+		/* a zero wait polls: something is due now (NULL would block) */
+		rc = io_uring_submit_and_wait_timeout(&s->ring.uring, &cqe, 1, &ts, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN &&
 		    rc != -EBUSY) {
 			log_error("io_uring wait: %s", strerror(-rc));

@@ -60,6 +60,7 @@ struct shard {
 	struct cfg_hold *holds;          /* current first, then retired ones in use */
 	uint64_t now_ms;                 /* CLOCK_MONOTONIC, per loop turn */
 	struct budget_clock clock;       /* wall clock as budget windows, per loop turn */
+	int64_t wall_ms;                 /* the same wall clock in ms (ledger record times) */
 	uint64_t next_tidy_ms;           /* budget housekeeping, once a second */
 	const _Atomic int64_t *clock_offset_s; /* tests move the wall clock (main.c) */
 	struct timer_heap timers;

@@ -31,7 +31,7 @@ static void fill(const struct exchange *ex, struct ledger_rec *r, uint8_t kind)
 	const struct cfg_key *k = ex->key;
 	memset(r, 0, sizeof(*r));
 	r->kind = kind;
-	r->time_ms = s->clock.now_s * 1000 + (int64_t)(s->now_ms % 1000);
+	r->time_ms = s->wall_ms;
 	r->decision = ex->decision_id;
 	r->status = ex->status;
 	r->mode = ex->mode_in_force;
@@ -92,6 +92,8 @@ bool booking_reserve(struct exchange *ex)
 		return true;
 	struct ledger_rec r;
 	fill(ex, &r, LEDGER_RESERVE);
+	int in_force = decide_scope_in_force(ex);   /* the headers' mode is set later */
+	r.mode = in_force >= 0 ? ex->scope_mode[in_force] : ex->key->mode;
 	r.usd = ex->reserved_usd;
 	r.reserved = ex->reserved_usd;
 	r.input = pricing_input_bound(ex->body_len);
@@ -167,7 +169,7 @@ bool booking_grant(struct shard *s, const struct config *cfg, const struct grant
 		return true;
 	struct ledger_rec r = {
 		.kind = kind,
-		.time_ms = s->clock.now_s * 1000 + (int64_t)(s->now_ms % 1000),
+		.time_ms = s->wall_ms,
 		.decision = g->decision,
 		.usd = usd,
 		.reserved = kind == LEDGER_GRANT_OPEN ? g->expires_s * 1000 : g->amount,
