@@ -52,9 +52,9 @@ void budget_release(struct budget_scope *const *scopes, int n, uint32_t shard,
 void budget_restore(struct budget_scope *s, int64_t amount, const struct budget_clock *clk);
 /* Gives this shard's unused lease on s back to the global pool. */
 void budget_return_lease(struct budget_scope *s, uint32_t shard);
-/* Housekeeping for a shard that may have gone quiet: rolls its slot of s
- * into the current window and, near the limit, hands its lease back so
- * busy shards can spend it. */
+/* Housekeeping, once a second per shard: rolls its slot of s into the
+ * current window and hands its whole lease back, so that budget it sits
+ * on is never out of other shards' reach for longer than that. */
 void budget_tidy(struct budget_scope *s, uint32_t shard, const struct budget_clock *clk);
 
 /* Sums every shard's slots (racy but each field is read atomically);

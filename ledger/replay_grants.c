@@ -41,16 +41,29 @@ static bool read_hash(struct ledger_text t, unsigned char out[32])
 	return true;
 }
 
-static int note_open(struct grant_index *gi, const struct ledger_rec *r)
+/* The grant named id, created (not open, nothing known) if new: shards'
+ * segments are read one shard after another, so spend under a grant can
+ * come before the grant_open booked by another shard. */
+static struct grant_seen *get(struct grant_index *gi, struct ledger_text id)
 {
-	struct ledger_text id = r->f[LF_GRANT];
-	if (!id.len || id.len > GRANT_ID_MAX || find(gi, id))
-		return 0;   /* malformed, or seen: the first one counts */
-	struct grant_seen *g = calloc(1, sizeof(*g));
-	if (!g)
-		return -ENOMEM;
+	struct grant_seen *g = find(gi, id);
+	if (g || !(g = calloc(1, sizeof(*g))))
+		return g;
 	ledger_text_cstr(id, g->id, sizeof(g->id));
-	g->open = read_hash(r->f[LF_CODE], g->token_sha256);
+	uint32_t b = bucket(id);
+	g->next = gi->buckets[b];
+	gi->buckets[b] = g;
+	g->next_all = gi->all;
+	gi->all = g;
+	return g;
+}
+
+static void note_open(struct grant_seen *g, const struct ledger_rec *r)
+{
+	if (g->opened)
+		return;      /* the first one counts */
+	g->opened = true;
+	g->open = !g->closed && read_hash(r->f[LF_CODE], g->token_sha256);
 	ledger_text_cstr(r->f[LF_RUN], g->parent_run, sizeof(g->parent_run));
 	ledger_text_cstr(r->f[LF_KEY], g->grantor_key, sizeof(g->grantor_key));
 	ledger_text_cstr(r->f[LF_GRANTEE], g->grantee_key, sizeof(g->grantee_key));
@@ -62,27 +75,24 @@ static int note_open(struct grant_index *gi, const struct ledger_rec *r)
 	g->amount = r->usd;
 	g->expires_ms = r->reserved;
 	g->run_limit = r->run_limit;
-	uint32_t b = bucket(id);
-	g->next = gi->buckets[b];
-	gi->buckets[b] = g;
-	g->next_all = gi->all;
-	gi->all = g;
-	return 0;
 }
 
 int grant_index_note(struct grant_index *gi, const struct ledger_rec *r)
 {
-	if (!r->f[LF_GRANT].len)
+	struct ledger_text id = r->f[LF_GRANT];
+	if (!id.len || id.len > GRANT_ID_MAX)
 		return 0;
-	if (r->kind == LEDGER_GRANT_OPEN)
-		return note_open(gi, r);
-	struct grant_seen *g = find(gi, r->f[LF_GRANT]);
+	struct grant_seen *g = get(gi, id);
 	if (!g)
-		return 0;
-	if (r->kind == LEDGER_GRANT_CLOSE)
+		return -ENOMEM;
+	if (r->kind == LEDGER_GRANT_OPEN) {
+		note_open(g, r);
+	} else if (r->kind == LEDGER_GRANT_CLOSE) {
+		g->closed = true;
 		g->open = false;
-	else if (r->kind == LEDGER_COMMIT || r->kind == LEDGER_EXPIRE)
+	} else if (r->kind == LEDGER_COMMIT || r->kind == LEDGER_EXPIRE) {
 		g->spent += r->usd;
+	}
 	return 0;
 }
 

@@ -23,7 +23,9 @@ struct grant_seen {
 	char prices[GRANT_NAME_MAX + 1];
 	uint64_t decision;               /* of the call that opened it: its shard */
 	int64_t amount, spent, expires_ms, run_limit;
-	bool open;
+	bool opened;                     /* its grant_open was read */
+	bool closed;                     /* its grant_close was read */
+	bool open;                       /* opened, not closed, token known */
 	struct grant_seen *next;         /* bucket chain */
 	struct grant_seen *next_all;
 };

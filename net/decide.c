@@ -278,6 +278,14 @@ struct call_shape {
 	bool embeddings;
 };
 
+void decide_ceiling_code(const char *scope_kind, char *out, size_t cap)
+{
+	if (!strcmp(scope_kind, "grant"))
+		snprintf(out, cap, "grant_exhausted");
+	else
+		snprintf(out, cap, "%s_ceiling_reached", scope_kind);
+}
+
 /* 402 naming the scope that could not cover the estimate, with the
  * alternatives that could serve the call. */
 static void refuse_budget(struct exchange *ex, int scope, const struct call_shape *shape)
@@ -298,7 +306,7 @@ static void refuse_budget(struct exchange *ex, int scope, const struct call_shap
 	decide_tightest(ex, &least);
 	alternatives_json(alts, n, least, alt_json, sizeof(alt_json));
 	char code[32], detail[160], extra[3200];
-	snprintf(code, sizeof(code), "%s_ceiling_reached", ex->scope_kind[scope]);
+	decide_ceiling_code(ex->scope_kind[scope], code, sizeof(code));
 	snprintf(detail, sizeof(detail), "the call's worst case ($%s) does not fit the %s budget",
 		 estimate, ex->scope_kind[scope]);
 	snprintf(extra, sizeof(extra),

@@ -52,4 +52,8 @@ void decide_decision_state(struct exchange *ex, const char *id, size_t len);
  * Notes the mode in force in ex for the decision record. */
 size_t decide_headers(struct exchange *ex, char *out, size_t cap);
 
+/* The 402 code of a scope that cannot cover a call (SPEC §3): "<kind>_
+ * ceiling_reached", or "grant_exhausted" for a grant. */
+void decide_ceiling_code(const char *scope_kind, char *out, size_t cap);
+
 #endif

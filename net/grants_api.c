@@ -127,6 +127,26 @@ static bool read_request(struct exchange *ex, struct grant_request *rq)
 	return true;
 }
 
+/* 402: the parent run cannot cover the amount (with SPEC §3's budget object). */
+static void refuse_amount(struct exchange *ex, const struct run *parent, int64_t amount)
+{
+	struct budget_totals t;
+	budget_totals(parent->scope, &ex->client->shard->clock, &t);
+	char limit[32], committed[32], reserved[32], remaining[32], asked[32], extra[600];
+	money_format(t.limit, limit, sizeof(limit));
+	money_format(t.committed, committed, sizeof(committed));
+	money_format(t.reserved, reserved, sizeof(reserved));
+	money_format(t.limit - t.committed - t.reserved, remaining, sizeof(remaining));
+	money_format(amount, asked, sizeof(asked));
+	snprintf(extra, sizeof(extra),
+		 ",\"budget\":{\"scope\":\"run:%s\",\"run_id\":\"%s\",\"limit_usd\":\"%s\","
+		 "\"committed_usd\":\"%s\",\"reserved_usd\":\"%s\",\"remaining_usd\":\"%s\","
+		 "\"estimate_usd\":\"%s\"}", parent->id, parent->id, limit, committed, reserved,
+		 remaining, asked);
+	reply_problem_ext(ex, 402, "run_ceiling_reached",
+			  "the parent run cannot cover the grant's amount", extra);
+}
+
 /* The grant, its parent's reservation made; NULL when refused (answered). */
 static struct grant *open_grant(struct exchange *ex, const struct grant_request *rq,
 				const struct cfg_key *grantee, struct run *parent,
@@ -144,8 +164,7 @@ static struct grant *open_grant(struct exchange *ex, const struct grant_request 
 	}
 	if (budget_reserve(&parent->scope, 1, shard, rq->amount, &s->clock, &over) >= 0) {
 		grants_discard(g);
-		reply_problem(ex, 402, "run_ceiling_reached",
-			      "the parent run cannot cover the grant's amount");
+		refuse_amount(ex, parent, rq->amount);
 		return NULL;
 	}
 	snprintf(g->id, sizeof(g->id), "g-%012llx", (unsigned long long)ex->decision_id);

@@ -27,6 +27,7 @@
 #include "core/shard.h"
 #include "net/booking.h"
 #include "net/client.h"
+#include "net/decide.h"
 #include "net/http1.h"
 #include "net/meter.h"
 #include "net/proxy.h"
@@ -42,7 +43,7 @@ struct stream {
 	bool chunked;               /* the agent gets chunked framing */
 	bool sent_chunk;            /* a chunk went out: the next header closes it */
 	const char *cut_code;       /* why it was cut */
-	char cut_buf[40];           /* "<scope>_ceiling_reached" */
+	char cut_buf[40];           /* "<scope>_ceiling_reached", "grant_exhausted" */
 	uint8_t verdict;            /* enum meter_verdict of the last event */
 	bool event_done;            /* on_event ran since the last sse_feed */
 	/* An event that a read leaves unfinished is held back until it is
@@ -187,7 +188,7 @@ static const char *cut_message(const char *code)
 		return "the generation repeats itself: cut off";
 	if (!strcmp(code, "stream_token_cap"))
 		return "the stream passed its output token cap: cut off";
-	if (strstr(code, "_ceiling_reached"))
+	if (strstr(code, "_ceiling_reached") || !strcmp(code, "grant_exhausted"))
 		return "the budget cannot cover more of this stream: cut off";
 	return "the provider's stream could not be metered: cut off";
 }
@@ -221,7 +222,7 @@ static void extend_lease(struct exchange *ex)
 			s->cut_code = "ledger_unavailable";
 		return;
 	}
-	snprintf(s->cut_buf, sizeof(s->cut_buf), "%s_ceiling_reached", ex->scope_kind[refused]);
+	decide_ceiling_code(ex->scope_kind[refused], s->cut_buf, sizeof(s->cut_buf));
 	s->cut_code = s->cut_buf;
 }
 
