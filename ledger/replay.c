@@ -455,6 +455,24 @@ static void ctx_free(struct replay_ctx *x)
 	free(x->orphans);
 }
 
+/* An expire under another team's grant is paid by the grantor's team, as a
+ * commit would be (net/booking.c). */
+static void chargeback_if_east_west(struct replay_ctx *x, const struct ledger_rec *expire)
+{
+	const struct grant_seen *g = grant_index_find(&x->grants, expire->f[LF_GRANT]);
+	struct ledger_text team = expire->f[LF_TEAM];
+	if (!g || !expire->usd || (strlen(g->grantor_team) == team.len &&
+				   !memcmp(g->grantor_team, team.p, team.len)))
+		return;
+	struct ledger_rec r = *expire;
+	r.kind = LEDGER_CHARGEBACK;
+	r.f[LF_TEAM] = (struct ledger_text){ g->grantor_team, (uint16_t)strlen(g->grantor_team) };
+	r.f[LF_ORG] = (struct ledger_text){ g->grantor_org, (uint16_t)strlen(g->grantor_org) };
+	r.f[LF_PEER] = team;
+	r.f[LF_USER] = (struct ledger_text){ 0 };
+	pend(x, &r);
+}
+
 /* Orphan reservations: spent, and an expire booked for each. */
 static void expire_orphans(struct replay_ctx *x)
 {
@@ -472,6 +490,7 @@ static void expire_orphans(struct replay_ctx *x)
 			if (grant_index_note(&x->grants, &r))
 				x->error = -ENOMEM;
 			pend(x, &r);
+			chargeback_if_east_west(x, &r);
 			x->out->expired++;
 		}
 }

@@ -96,6 +96,11 @@ int grant_index_note(struct grant_index *gi, const struct ledger_rec *r)
 	return 0;
 }
 
+const struct grant_seen *grant_index_find(struct grant_index *gi, struct ledger_text id)
+{
+	return find(gi, id);
+}
+
 void grant_index_free(struct grant_index *gi)
 {
 	for (struct grant_seen *g = gi->all, *next; g; g = next) {

@@ -39,6 +39,8 @@ struct grant_index {
  * a grant. 0, or -ENOMEM. */
 int grant_index_note(struct grant_index *gi, const struct ledger_rec *r);
 void grant_index_free(struct grant_index *gi);
+/* The grant named id, or NULL. */
+const struct grant_seen *grant_index_find(struct grant_index *gi, struct ledger_text id);
 
 /* The grant's record of `kind` (grant_close: usd is what it spent). Its
  * text points into g. */

@@ -118,7 +118,8 @@ static bool read_request(struct exchange *ex, struct grant_request *rq)
 		 money_parse(ex->body + sp[1].off, sp[1].len, &rq->amount) || rq->amount <= 0)
 		why = "amount_usd: a positive USD amount exact to the micro-dollar";
 	rq->ttl_s = GRANT_TTL_DEFAULT_S;
-	if (!why && sp[3].present && !read_seconds(ex->body + sp[3].off, sp[3].len, &rq->ttl_s))
+	if (!why && sp[3].present && (ex->body[sp[3].off] == '"' ||
+				      !read_seconds(ex->body + sp[3].off, sp[3].len, &rq->ttl_s)))
 		why = "ttl_s: whole seconds, 1 to 2592000";
 	if (why) {
 		reply_problem(ex, 400, "invalid_request", why);
