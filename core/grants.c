@@ -82,8 +82,8 @@ bool grants_publish(struct grant_table *t, struct grant *g)
 		atomic_fetch_sub(&t->live, 1);
 		return false;
 	}
-	budget_set_limit(g->scope, g->amount, 0);
-	for (uint32_t i = home(g->token_sha256), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
+	budget_set_limit(g->scope, g->t.amount, 0);
+	for (uint32_t i = home(g->t.token_sha256), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
 		struct grant *cur = atomic_load_explicit(&t->slots[i], memory_order_acquire);
 		if (cur && cur != TOMBSTONE)
 			continue;
@@ -105,7 +105,7 @@ struct grant *grants_find(struct grant_table *t, const unsigned char sha256[32])
 		struct grant *g = atomic_load_explicit(&t->slots[i], memory_order_acquire);
 		if (!g)
 			return NULL;
-		if (g != TOMBSTONE && !memcmp(g->token_sha256, sha256, 32))
+		if (g != TOMBSTONE && !memcmp(g->t.token_sha256, sha256, 32))
 			return g;
 	}
 	return NULL;
@@ -117,7 +117,7 @@ struct grant *grants_find_id(struct grant_table *t, const char *id, size_t len)
 		return NULL;
 	for (uint32_t i = 0; i < SLOTS; i++) {
 		struct grant *g = atomic_load_explicit(&t->slots[i], memory_order_acquire);
-		if (g && g != TOMBSTONE && strlen(g->id) == len && !memcmp(g->id, id, len))
+		if (g && g != TOMBSTONE && strlen(g->t.id) == len && !memcmp(g->t.id, id, len))
 			return g;
 	}
 	return NULL;
@@ -161,7 +161,7 @@ static bool in_flight(const struct grant_table *t, struct grant *g)
 /* Takes g out of the table; the sweeper frees it after a quiesce. */
 static void retire(struct grant_table *t, struct grant *g)
 {
-	for (uint32_t i = home(g->token_sha256), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
+	for (uint32_t i = home(g->t.token_sha256), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
 		if (atomic_load_explicit(&t->slots[i], memory_order_relaxed) == g) {
 			atomic_store_explicit(&t->slots[i], TOMBSTONE, memory_order_release);
 			break;
@@ -181,7 +181,7 @@ uint32_t grants_tidy(struct grant_table *t, uint32_t shard, int64_t now_s,
 	for (struct grant **pp = &t->owned[shard]; *pp;) {
 		struct grant *g = *pp;
 		int state = atomic_load(&g->state);
-		if (state == GRANT_OPEN && now_s < g->expires_s) {
+		if (state == GRANT_OPEN && now_s < g->t.expires_s) {
 			pp = &g->next_owned;
 			continue;
 		}

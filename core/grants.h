@@ -44,18 +44,23 @@ struct grant_use {
 	_Alignas(CACHELINE) _Atomic uint32_t inflight;   /* this shard's calls on it */
 };
 
-struct grant {
+/* What a grant is, as its grant_open record books it. */
+struct grant_terms {
 	char id[GRANT_ID_MAX + 1];
 	unsigned char token_sha256[32];
 	char parent_run[RUN_ID_MAX + 1];
 	char grantor_key[RUN_ID_MAX + 1], grantee_key[RUN_ID_MAX + 1];
 	char grantor_team[GRANT_NAME_MAX + 1], grantor_org[GRANT_NAME_MAX + 1];
 	char grantee_team[GRANT_NAME_MAX + 1];
+	uint64_t decision;               /* id of the call that opened it: its shard */
+	int64_t amount;                  /* µUSD held on the parent */
+	int64_t expires_s;               /* budget clock */
+};
+
+struct grant {
+	struct grant_terms t;
 	struct run *parent;              /* held (runs_begin) on the owner's slot until closed */
 	uint32_t owner;                  /* shard that opened it */
-	uint64_t decision;               /* id of the call that opened it */
-	int64_t amount;                  /* µUSD held on the parent */
-	int64_t opened_s, expires_s;     /* budget clock */
 	struct budget_scope *scope;      /* limit `amount`, hard, total window */
 	_Atomic int state;               /* enum grant_state */
 	struct grant_use *use;           /* one per shard */

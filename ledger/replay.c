@@ -461,13 +461,13 @@ static void chargeback_if_east_west(struct replay_ctx *x, const struct ledger_re
 {
 	const struct grant_seen *g = grant_index_find(&x->grants, expire->f[LF_GRANT]);
 	struct ledger_text team = expire->f[LF_TEAM];
-	if (!g || !expire->usd || (strlen(g->grantor_team) == team.len &&
-				   !memcmp(g->grantor_team, team.p, team.len)))
+	if (!g || !expire->usd || (strlen(g->t.grantor_team) == team.len &&
+				   !memcmp(g->t.grantor_team, team.p, team.len)))
 		return;
 	struct ledger_rec r = *expire;
 	r.kind = LEDGER_CHARGEBACK;
-	r.f[LF_TEAM] = (struct ledger_text){ g->grantor_team, (uint16_t)strlen(g->grantor_team) };
-	r.f[LF_ORG] = (struct ledger_text){ g->grantor_org, (uint16_t)strlen(g->grantor_org) };
+	r.f[LF_TEAM] = (struct ledger_text){ g->t.grantor_team, (uint16_t)strlen(g->t.grantor_team) };
+	r.f[LF_ORG] = (struct ledger_text){ g->t.grantor_org, (uint16_t)strlen(g->t.grantor_org) };
 	r.f[LF_PEER] = team;
 	r.f[LF_USER] = (struct ledger_text){ 0 };
 	pend(x, &r);
@@ -512,13 +512,13 @@ static void close_grant_seen(struct replay_ctx *x, struct grant_seen *g, bool ru
 static void reopen_grant(struct replay_ctx *x, struct grant_seen *gs)
 {
 	struct config *cfg = x->cfg;
-	struct run *parent = runs_find(cfg->runs, gs->parent_run, strlen(gs->parent_run));
-	uint64_t owner = gs->decision >> DECISION_ID_SHARD_SHIFT;
+	struct run *parent = runs_find(cfg->runs, gs->t.parent_run, strlen(gs->t.parent_run));
+	uint64_t owner = gs->t.decision >> DECISION_ID_SHARD_SHIFT;
 	if (owner >= x->n_shards)
 		owner = 0;
 	struct grant *g = parent ? grants_alloc(cfg->grants) : NULL;
 	uint32_t over;
-	if (!g || budget_reserve(&parent->scope, 1, (uint32_t)owner, gs->amount, &x->now,
+	if (!g || budget_reserve(&parent->scope, 1, (uint32_t)owner, gs->t.amount, &x->now,
 				 &over) >= 0) {
 		grants_discard(g);
 		close_grant_seen(x, gs, false);   /* its run is live or gone: charged below */
@@ -529,7 +529,7 @@ static void reopen_grant(struct replay_ctx *x, struct grant_seen *gs)
 	grant_seen_fill(gs, g, (uint32_t)owner);
 	g->parent = parent;
 	if (!grants_publish(cfg->grants, g)) {
-		budget_release(&parent->scope, 1, (uint32_t)owner, gs->amount, &x->now);
+		budget_release(&parent->scope, 1, (uint32_t)owner, gs->t.amount, &x->now);
 		grants_discard(g);
 		close_grant_seen(x, gs, false);
 		budget_restore(parent->scope, gs->spent, &x->now);
@@ -537,8 +537,8 @@ static void reopen_grant(struct replay_ctx *x, struct grant_seen *gs)
 	}
 	budget_restore(g->scope, gs->spent, &x->now);
 	runs_begin(parent, (uint32_t)owner, x->now.now_s);
-	int k = map_find(&x->keys, cfg, (struct ledger_text){ gs->grantor_key,
-							      (uint16_t)strlen(gs->grantor_key) });
+	int k = map_find(&x->keys, cfg, (struct ledger_text){ gs->t.grantor_key,
+							      (uint16_t)strlen(gs->t.grantor_key) });
 	if (k >= 0) {
 		g->grantor_count = cfg->keys[k].grants_opened;
 		atomic_fetch_add(g->grantor_count, 1);
@@ -551,7 +551,7 @@ static void restore_grants(struct replay_ctx *x, bool expired_pass)
 	for (struct grant_seen *g = x->grants.all; g; g = g->next_all) {
 		if (!g->open)
 			continue;
-		if (expired_pass && g->expires_ms / 1000 <= x->now.now_s)
+		if (expired_pass && g->t.expires_s <= x->now.now_s)
 			close_grant_seen(x, g, true);
 		else if (!expired_pass)
 			reopen_grant(x, g);

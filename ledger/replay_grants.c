@@ -17,7 +17,7 @@ static uint32_t bucket(struct ledger_text id)
 static struct grant_seen *find(struct grant_index *gi, struct ledger_text id)
 {
 	for (struct grant_seen *g = gi->buckets[bucket(id)]; g; g = g->next)
-		if (strlen(g->id) == id.len && !memcmp(g->id, id.p, id.len))
+		if (strlen(g->t.id) == id.len && !memcmp(g->t.id, id.p, id.len))
 			return g;
 	return NULL;
 }
@@ -49,7 +49,7 @@ static struct grant_seen *get(struct grant_index *gi, struct ledger_text id)
 	struct grant_seen *g = find(gi, id);
 	if (g || !(g = calloc(1, sizeof(*g))))
 		return g;
-	ledger_text_cstr(id, g->id, sizeof(g->id));
+	ledger_text_cstr(id, g->t.id, sizeof(g->t.id));
 	uint32_t b = bucket(id);
 	g->next = gi->buckets[b];
 	gi->buckets[b] = g;
@@ -63,17 +63,17 @@ static void note_open(struct grant_seen *g, const struct ledger_rec *r)
 	if (g->opened)
 		return;      /* the first one counts */
 	g->opened = true;
-	g->open = !g->closed && read_hash(r->f[LF_CODE], g->token_sha256);
-	ledger_text_cstr(r->f[LF_RUN], g->parent_run, sizeof(g->parent_run));
-	ledger_text_cstr(r->f[LF_KEY], g->grantor_key, sizeof(g->grantor_key));
-	ledger_text_cstr(r->f[LF_GRANTEE], g->grantee_key, sizeof(g->grantee_key));
-	ledger_text_cstr(r->f[LF_TEAM], g->grantor_team, sizeof(g->grantor_team));
-	ledger_text_cstr(r->f[LF_ORG], g->grantor_org, sizeof(g->grantor_org));
-	ledger_text_cstr(r->f[LF_PEER], g->grantee_team, sizeof(g->grantee_team));
+	g->open = !g->closed && read_hash(r->f[LF_CODE], g->t.token_sha256);
+	ledger_text_cstr(r->f[LF_RUN], g->t.parent_run, sizeof(g->t.parent_run));
+	ledger_text_cstr(r->f[LF_KEY], g->t.grantor_key, sizeof(g->t.grantor_key));
+	ledger_text_cstr(r->f[LF_GRANTEE], g->t.grantee_key, sizeof(g->t.grantee_key));
+	ledger_text_cstr(r->f[LF_TEAM], g->t.grantor_team, sizeof(g->t.grantor_team));
+	ledger_text_cstr(r->f[LF_ORG], g->t.grantor_org, sizeof(g->t.grantor_org));
+	ledger_text_cstr(r->f[LF_PEER], g->t.grantee_team, sizeof(g->t.grantee_team));
 	ledger_text_cstr(r->f[LF_PRICES], g->prices, sizeof(g->prices));
-	g->decision = r->decision;
-	g->amount = r->usd;
-	g->expires_ms = r->reserved;
+	g->t.decision = r->decision;
+	g->t.amount = r->usd;
+	g->t.expires_s = r->reserved / 1000;
 	g->run_limit = r->run_limit;
 }
 
@@ -121,33 +121,23 @@ void grant_seen_record(const struct grant_seen *g, uint8_t kind, int64_t time_ms
 	memset(r, 0, sizeof(*r));
 	r->kind = kind;
 	r->time_ms = time_ms;
-	r->decision = g->decision;
-	r->usd = kind == LEDGER_GRANT_CLOSE ? g->spent : g->amount;
-	r->reserved = g->amount;
+	r->decision = g->t.decision;
+	r->usd = kind == LEDGER_GRANT_CLOSE ? g->spent : g->t.amount;
+	r->reserved = g->t.amount;
 	r->run_limit = g->run_limit;
 	r->flags = LEDGER_F_RUN_KEPT;
-	r->f[LF_RUN] = text(g->parent_run);
-	r->f[LF_KEY] = text(g->grantor_key);
-	r->f[LF_TEAM] = text(g->grantor_team);
-	r->f[LF_ORG] = text(g->grantor_org);
-	r->f[LF_PEER] = text(g->grantee_team);
-	r->f[LF_GRANT] = text(g->id);
-	r->f[LF_GRANTEE] = text(g->grantee_key);
+	r->f[LF_RUN] = text(g->t.parent_run);
+	r->f[LF_KEY] = text(g->t.grantor_key);
+	r->f[LF_TEAM] = text(g->t.grantor_team);
+	r->f[LF_ORG] = text(g->t.grantor_org);
+	r->f[LF_PEER] = text(g->t.grantee_team);
+	r->f[LF_GRANT] = text(g->t.id);
+	r->f[LF_GRANTEE] = text(g->t.grantee_key);
 	r->f[LF_PRICES] = text(g->prices);
 }
 
 void grant_seen_fill(const struct grant_seen *g, struct grant *live, uint32_t owner)
 {
-	snprintf(live->id, sizeof(live->id), "%s", g->id);
-	memcpy(live->token_sha256, g->token_sha256, 32);
-	snprintf(live->parent_run, sizeof(live->parent_run), "%s", g->parent_run);
-	snprintf(live->grantor_key, sizeof(live->grantor_key), "%s", g->grantor_key);
-	snprintf(live->grantee_key, sizeof(live->grantee_key), "%s", g->grantee_key);
-	snprintf(live->grantor_team, sizeof(live->grantor_team), "%s", g->grantor_team);
-	snprintf(live->grantor_org, sizeof(live->grantor_org), "%s", g->grantor_org);
-	snprintf(live->grantee_team, sizeof(live->grantee_team), "%s", g->grantee_team);
-	live->decision = g->decision;
+	live->t = g->t;
 	live->owner = owner;
-	live->amount = g->amount;
-	live->expires_s = g->expires_ms / 1000;
 }

@@ -14,15 +14,9 @@
 #define GRANT_SEEN_BUCKETS 4096
 
 struct grant_seen {
-	char id[GRANT_ID_MAX + 1];
-	unsigned char token_sha256[32];
-	char parent_run[RUN_ID_MAX + 1];
-	char grantor_key[RUN_ID_MAX + 1], grantee_key[RUN_ID_MAX + 1];
-	char grantor_team[GRANT_NAME_MAX + 1], grantor_org[GRANT_NAME_MAX + 1];
-	char grantee_team[GRANT_NAME_MAX + 1];
+	struct grant_terms t;
 	char prices[GRANT_NAME_MAX + 1];
-	uint64_t decision;               /* of the call that opened it: its shard */
-	int64_t amount, spent, expires_ms, run_limit;
+	int64_t spent, run_limit;
 	bool opened;                     /* its grant_open was read */
 	bool closed;                     /* its grant_close was read */
 	bool open;                       /* opened, not closed, token known */

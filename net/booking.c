@@ -59,7 +59,7 @@ static void fill(const struct exchange *ex, struct ledger_rec *r, uint8_t kind)
 	}
 	r->f[LF_PRICES] = text(cfg->prices_version);
 	if (ex->grant)
-		r->f[LF_GRANT] = text(ex->grant->id);
+		r->f[LF_GRANT] = text(ex->grant->t.id);
 	if (ex->tags)
 		r->f[LF_TAGS] = (struct ledger_text){ ex->tags, (uint16_t)ex->tags_len };
 	if (ex->problem_code[0])
@@ -115,12 +115,12 @@ static void book_chargeback(struct exchange *ex, struct ledger_writer *w,
 {
 	const struct grant *g = ex->grant;
 	const struct cfg_principal *team = &ex->cfg->teams[ex->key->team];
-	if (!strcmp(g->grantor_team, team->name))
+	if (!strcmp(g->t.grantor_team, team->name))
 		return;
 	struct ledger_rec r = *commit;
 	r.kind = LEDGER_CHARGEBACK;
-	r.f[LF_TEAM] = text(g->grantor_team);
-	r.f[LF_ORG] = text(g->grantor_org);
+	r.f[LF_TEAM] = text(g->t.grantor_team);
+	r.f[LF_ORG] = text(g->t.grantor_org);
 	r.f[LF_PEER] = text(team->name);
 	r.f[LF_USER] = (struct ledger_text){ 0 };
 	int rc = ledger_append(w, &r);
@@ -170,32 +170,32 @@ bool booking_grant(struct shard *s, const struct config *cfg, const struct grant
 	struct ledger_rec r = {
 		.kind = kind,
 		.time_ms = s->wall_ms,
-		.decision = g->decision,
+		.decision = g->t.decision,
 		.usd = usd,
-		.reserved = kind == LEDGER_GRANT_OPEN ? g->expires_s * 1000 : g->amount,
+		.reserved = kind == LEDGER_GRANT_OPEN ? g->t.expires_s * 1000 : g->t.amount,
 		.run_limit = g->parent->limit,
 		.flags = LEDGER_F_RUN_KEPT,
 	};
-	r.f[LF_RUN] = text(g->parent_run);
-	r.f[LF_KEY] = text(g->grantor_key);
-	r.f[LF_TEAM] = text(g->grantor_team);
-	r.f[LF_ORG] = text(g->grantor_org);
-	r.f[LF_PEER] = text(g->grantee_team);
-	r.f[LF_GRANT] = text(g->id);
-	r.f[LF_GRANTEE] = text(g->grantee_key);
+	r.f[LF_RUN] = text(g->t.parent_run);
+	r.f[LF_KEY] = text(g->t.grantor_key);
+	r.f[LF_TEAM] = text(g->t.grantor_team);
+	r.f[LF_ORG] = text(g->t.grantor_org);
+	r.f[LF_PEER] = text(g->t.grantee_team);
+	r.f[LF_GRANT] = text(g->t.id);
+	r.f[LF_GRANTEE] = text(g->t.grantee_key);
 	r.f[LF_PRICES] = text(cfg->prices_version);
 	char hash[65];
 	if (kind == LEDGER_GRANT_OPEN) {   /* replay finds the grant by it again */
 		static const char hex[] = "0123456789abcdef";
 		for (int i = 0; i < 32; i++) {
-			hash[2 * i] = hex[g->token_sha256[i] >> 4];
-			hash[2 * i + 1] = hex[g->token_sha256[i] & 15];
+			hash[2 * i] = hex[g->t.token_sha256[i] >> 4];
+			hash[2 * i + 1] = hex[g->t.token_sha256[i] & 15];
 		}
 		r.f[LF_CODE] = (struct ledger_text){ hash, 64 };
 	}
 	int rc = ledger_append(s->ledger, &r);
 	if (rc)
-		log_error("ledger: cannot book %s of grant %s: %s", ledger_kind_name(kind), g->id,
+		log_error("ledger: cannot book %s of grant %s: %s", ledger_kind_name(kind), g->t.id,
 			  strerror(-rc));
 	return rc == 0;
 }

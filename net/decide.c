@@ -253,19 +253,19 @@ static bool use_grant(struct exchange *ex)
 		reply_problem(ex, 403, "unknown_grant", "no open grant has this token");
 		return false;
 	}
-	if (strcmp(g->grantee_key, ex->key->id)) {
+	if (strcmp(g->t.grantee_key, ex->key->id)) {
 		reply_problem(ex, 403, "grant_not_for_this_key", "this grant was made to another key");
 		return false;
 	}
 	uint32_t shard = (uint32_t)ex->client->shard->id;
-	if (ex->client->shard->clock.now_s >= g->expires_s || !grants_begin(g, shard)) {
+	if (ex->client->shard->clock.now_s >= g->t.expires_s || !grants_begin(g, shard)) {
 		reply_problem(ex, 403, "grant_closed", "this grant has expired or been closed");
 		return false;
 	}
 	ex->grant = g;
 	ex->scopes[ex->n_scopes] = g->scope;
 	ex->scope_kind[ex->n_scopes] = "grant";
-	ex->scope_name[ex->n_scopes] = g->id;
+	ex->scope_name[ex->n_scopes] = g->t.id;
 	ex->scope_mode[ex->n_scopes] = MODE_HARD_GATE;
 	ex->n_scopes++;
 	return true;

@@ -158,7 +158,7 @@ static struct grant *open_grant(struct exchange *ex, const struct grant_request 
 	uint32_t shard = (uint32_t)s->id, over;
 	struct grant *g = grants_alloc(cfg->grants);
 	if (!g || !new_token(token) ||
-	    mbedtls_sha256_ret((const unsigned char *)token, GRANT_TOKEN_LEN, g->token_sha256, 0)) {
+	    mbedtls_sha256_ret((const unsigned char *)token, GRANT_TOKEN_LEN, g->t.token_sha256, 0)) {
 		grants_discard(g);
 		reply_problem(ex, 503, "no_memory", "the grant cannot be made now: retry");
 		return NULL;
@@ -168,21 +168,20 @@ static struct grant *open_grant(struct exchange *ex, const struct grant_request 
 		refuse_amount(ex, parent, rq->amount);
 		return NULL;
 	}
-	snprintf(g->id, sizeof(g->id), "g-%012llx", (unsigned long long)ex->decision_id);
+	snprintf(g->t.id, sizeof(g->t.id), "g-%012llx", (unsigned long long)ex->decision_id);
 	g->owner = shard;
-	g->decision = ex->decision_id;
-	g->amount = rq->amount;
-	g->opened_s = s->clock.now_s;
-	g->expires_s = s->clock.now_s + rq->ttl_s;
+	g->t.decision = ex->decision_id;
+	g->t.amount = rq->amount;
+	g->t.expires_s = s->clock.now_s + rq->ttl_s;
 	g->parent = parent;
-	copy_name(g->parent_run, sizeof(g->parent_run), parent->id);
-	copy_name(g->grantor_key, sizeof(g->grantor_key), ex->key->id);
-	copy_name(g->grantee_key, sizeof(g->grantee_key), grantee->id);
+	copy_name(g->t.parent_run, sizeof(g->t.parent_run), parent->id);
+	copy_name(g->t.grantor_key, sizeof(g->t.grantor_key), ex->key->id);
+	copy_name(g->t.grantee_key, sizeof(g->t.grantee_key), grantee->id);
 	const struct cfg_principal *team = &cfg->teams[ex->key->team];
-	copy_name(g->grantor_team, sizeof(g->grantor_team), team->name);
+	copy_name(g->t.grantor_team, sizeof(g->t.grantor_team), team->name);
 	if (team->parent >= 0)
-		copy_name(g->grantor_org, sizeof(g->grantor_org), cfg->orgs[team->parent].name);
-	copy_name(g->grantee_team, sizeof(g->grantee_team), cfg->teams[grantee->team].name);
+		copy_name(g->t.grantor_org, sizeof(g->t.grantor_org), cfg->orgs[team->parent].name);
+	copy_name(g->t.grantee_team, sizeof(g->t.grantee_team), cfg->teams[grantee->team].name);
 	if (!grants_publish(cfg->grants, g)) {
 		budget_release(&parent->scope, 1, shard, rq->amount, &s->clock);
 		grants_discard(g);
@@ -202,19 +201,19 @@ static size_t grant_json(const struct grant *g, const struct budget_clock *clk, 
 	struct budget_totals t;
 	budget_totals(g->scope, clk, &t);
 	char amount[32], spent[32], reserved[32], remaining[32], expires[32];
-	money_format(g->amount, amount, sizeof(amount));
+	money_format(g->t.amount, amount, sizeof(amount));
 	money_format(t.committed, spent, sizeof(spent));
 	money_format(t.reserved, reserved, sizeof(reserved));
-	money_format(g->amount - t.committed - t.reserved, remaining, sizeof(remaining));
+	money_format(g->t.amount - t.committed - t.reserved, remaining, sizeof(remaining));
 	struct tm tm;
-	time_t when = (time_t)g->expires_s;
+	time_t when = (time_t)g->t.expires_s;
 	strftime(expires, sizeof(expires), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&when, &tm));
 	int n = snprintf(b, cap,
 		"\"grant_id\":\"%s\",\"state\":\"%s\",\"parent_run\":\"%s\",\"grantor_key\":\"%s\","
 		"\"grantee_key\":\"%s\",\"amount_usd\":\"%s\",\"spent_usd\":\"%s\","
 		"\"reserved_usd\":\"%s\",\"remaining_usd\":\"%s\",\"expires_at\":\"%s\"",
-		g->id, states[atomic_load(&g->state) & 3], g->parent_run, g->grantor_key,
-		g->grantee_key, amount, spent, reserved, remaining, expires);
+		g->t.id, states[atomic_load(&g->state) & 3], g->t.parent_run, g->t.grantor_key,
+		g->t.grantee_key, amount, spent, reserved, remaining, expires);
 	return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -255,7 +254,7 @@ void grants_api_open(struct exchange *ex)
 		return;
 	}
 	g->grantor_count = count;
-	booking_grant(ex->client->shard, ex->cfg, g, LEDGER_GRANT_OPEN, g->amount);
+	booking_grant(ex->client->shard, ex->cfg, g, LEDGER_GRANT_OPEN, g->t.amount);
 	ex->ledger_hold = true;   /* the token is not shown before the grant is booked */
 	char *b = ex->inline_body;
 	size_t n = (size_t)snprintf(b, EX_INLINE_BODY, "{\"grant_token\":\"%s\",", token);
@@ -271,8 +270,8 @@ static struct grant *caller_grant(struct exchange *ex, const char *id, size_t le
 	if (!decide_authenticate(ex))
 		return NULL;
 	struct grant *g = grants_find_id(ex->cfg->grants, id, len);
-	if (!g || (strcmp(g->grantor_key, ex->key->id) &&
-		   (!grantee_too || strcmp(g->grantee_key, ex->key->id)))) {
+	if (!g || (strcmp(g->t.grantor_key, ex->key->id) &&
+		   (!grantee_too || strcmp(g->t.grantee_key, ex->key->id)))) {
 		reply_problem(ex, 404, "unknown_grant", "no such open grant of this key");
 		return NULL;
 	}
@@ -301,7 +300,7 @@ void grants_api_close(struct exchange *ex, const char *id, size_t len)
 	int n = snprintf(b, EX_INLINE_BODY,
 			 "{\"grant_id\":\"%s\",\"state\":\"closing\",\"detail\":\"closed, and the "
 			 "unspent rest returned to %s, once no call is in flight on it\"}",
-			 g->id, g->parent_run);
+			 g->t.id, g->t.parent_run);
 	reply_json(ex, 202, b, (size_t)n);
 }
 
@@ -310,7 +309,7 @@ void grants_api_close(struct exchange *ex, const char *id, size_t len)
 static void close_grant(struct grant *g, int64_t spent, void *arg)
 {
 	struct shard *s = arg;
-	budget_commit(&g->parent->scope, 1, (uint32_t)s->id, g->amount, spent, &s->clock);
+	budget_commit(&g->parent->scope, 1, (uint32_t)s->id, g->t.amount, spent, &s->clock);
 	booking_grant(s, s->cfg, g, LEDGER_GRANT_CLOSE, spent);
 	runs_end(g->parent, (uint32_t)s->id);
 }
