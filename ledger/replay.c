@@ -470,6 +470,7 @@ static void chargeback_if_east_west(struct replay_ctx *x, const struct ledger_re
 	r.f[LF_ORG] = (struct ledger_text){ g->t.grantor_org, (uint16_t)strlen(g->t.grantor_org) };
 	r.f[LF_PEER] = team;
 	r.f[LF_USER] = (struct ledger_text){ 0 };
+	r.input = r.output = r.cached = 0;
 	pend(x, &r);
 }
 

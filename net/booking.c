@@ -123,6 +123,7 @@ static void book_chargeback(struct exchange *ex, struct ledger_writer *w,
 	r.f[LF_ORG] = text(g->t.grantor_org);
 	r.f[LF_PEER] = text(team->name);
 	r.f[LF_USER] = (struct ledger_text){ 0 };
+	r.input = r.output = r.cached = 0;   /* a transfer: the tokens are the commit's */
 	int rc = ledger_append(w, &r);
 	if (rc) {
 		log_error("ledger: cannot book the chargeback of decision %llx: %s",

@@ -2,11 +2,12 @@
  * tollctl — tollgate's admin CLI.
  *
  * This version carries `keygen` (a new virtual key and the SHA-256 hash
- * that goes in the config), --version, and the ledger commands that read
- * a ledger directory directly (`ledger verify`, `ledger export`;
- * tollctl_ledger.c, docs/ledger.md). The admin-API subcommands of SPEC §1
- * (budgets, runs, freeze, approvals, report…) are not in it yet: they fail
- * with a clear message and exit 1 rather than pretend.
+ * that goes in the config), --version, and the commands that read a
+ * ledger directory directly: `ledger verify`, `ledger export`
+ * (tollctl_ledger.c, tollctl_export.c) and `report` (tollctl_report.c);
+ * docs/ledger.md documents them. The admin-API subcommands of SPEC §1
+ * (budgets, runs, freeze, approvals…) are not in it yet: they fail with a
+ * clear message and exit 1 rather than pretend.
  */
 #include <fcntl.h>
 #include <mbedtls/sha256.h>
@@ -16,6 +17,7 @@
 
 #include "core/defs.h"
 #include "tools/tollctl_ledger.h"
+#include "tools/tollctl_report.h"
 
 static int keygen(void)
 {
@@ -47,6 +49,7 @@ static void usage(FILE *f)
 	fprintf(f, "usage: tollctl keygen\n"
 		   "       tollctl --version\n");
 	tollctl_ledger_usage(f);
+	tollctl_report_usage(f);
 }
 
 int main(int argc, char **argv)
@@ -63,6 +66,8 @@ int main(int argc, char **argv)
 		return keygen();
 	if (argc >= 2 && !strcmp(argv[1], "ledger"))
 		return tollctl_ledger_main(argc - 2, argv + 2);
+	if (argc >= 2 && !strcmp(argv[1], "report"))
+		return tollctl_report_main(argc - 1, argv + 1);
 	if (argc >= 2)
 		fprintf(stderr, "tollctl: '%s' is not available in this version (the admin-API "
 			"commands are not implemented yet)\n", argv[1]);
