@@ -506,6 +506,22 @@ def render(meta, summary, rows, facts, all_flags, warnings, conns):
         for c in ledger["cases"]:
             w(f"| {c['fsync']} | {c['batch']} | {c['records_per_s']:,.0f} | {c['wait_us']:.1f} |")
         w("")
+    try:
+        with open(os.path.join(meta["_work"], "raw", "report_bench.txt")) as f:
+            report_bench = f.read().strip()
+    except OSError:
+        report_bench = ""
+    if report_bench:
+        w("## Ledger reports (bench/report_bench.sh)")
+        w("")
+        w("`tollctl report` over a synthetic ledger from `tools/ledgergen.c` (a realistic mix of "
+          "kinds, keys, teams, tasks and runs), warm page cache, pinned to CPU 0. Target: 10 "
+          "million records in under 10 s on one core.")
+        w("")
+        w("```")
+        w(report_bench)
+        w("```")
+        w("")
     w("## Flags")
     w("")
     if all_flags:

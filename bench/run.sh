@@ -95,7 +95,8 @@ taskset -c 0 true 2>/dev/null && taskset -c 1 true 2>/dev/null ||
 
 if [ $build = 1 ]; then
 	log "building (make)"
-	make -C "$root" -s >/dev/null || die "make failed; fix the build or use --no-build"
+	make -C "$root" -s >/dev/null && make -C "$root" -s build/ledgergen >/dev/null ||
+		die "make failed; fix the build or use --no-build"
 fi
 for bin in tollgate mockllm; do
 	[ -x "$root/build/$bin" ] || die "build/$bin missing; run make"
@@ -467,6 +468,14 @@ log "ledger writer microbenchmark"
 mkdir -p "$work/ledger-micro"
 taskset -c 0 "$root/build/bench_ledger" "$work/ledger-micro" >"$work/raw/ledger.json" \
 	2>"$work/raw/ledger.err" || log "ERRORS: bench_ledger: $(tail -c 300 "$work/raw/ledger.err")"
+# tollctl report over a synthetic 10M-record ledger (bench/report_bench.sh),
+# one core; --quick uses 1M records. The 2 GB ledger goes with the temp dir.
+report_records=$([ $quick = 1 ] && echo 1000000 || echo 10000000)
+log "tollctl report over $report_records records"
+"$bench/report_bench.sh" --no-build --records $report_records --dir "$work/report-ledger" \
+	--cpu 0 >"$work/raw/report_bench.txt" 2>"$work/raw/report_bench.err" ||
+	log "ERRORS: report_bench: $(tail -c 300 "$work/raw/report_bench.err")"
+rm -rf "$work/report-ledger"
 
 {
 	printf 'cpustat_end\t%s\n' "$(head -1 /proc/stat)"
