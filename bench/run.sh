@@ -234,7 +234,7 @@ proxy_pids[haproxy]=$haproxy_pid
 # "tollgate-relay" has no keys: the relay alone. "tollgate" authenticates the
 # bench key and reserves and commits every call on key, team and org
 # budgets far from their limits: the relay plus the budget engine.
-# "tollgate-ledger" is that plus the durable ledger (fsync: batch, 10 ms),
+# "tollgate-ledger" is that plus the durable ledger (fsync: batch, 100 ms),
 # writing into the temp dir: a reserve and a commit record per call.
 start_tollgate() {
 	local t=$1 budgets=$2 ledger=${3:-0}
@@ -275,7 +275,7 @@ EOF
 ledger:
   dir: "$work/ledger"
   fsync: batch
-  batch_ms: 10
+  batch_ms: 100
 EOF
 		fi
 	} >"$work/$t.yaml"

@@ -1308,7 +1308,7 @@ static void set_defaults(struct config *cfg)
 		.reservation_ttl_ms = 900000,
 	};
 	cfg->alerts = (struct cfg_alerts){ .log = true, .timeout_ms = 2000 };
-	cfg->ledger = (struct cfg_ledger){ .fsync = 1 /* batch */, .batch_ms = 10,
+	cfg->ledger = (struct cfg_ledger){ .fsync = 1 /* batch */, .batch_ms = 100,
 					   .segment_mb = 64 };
 }
 
