@@ -10,7 +10,7 @@ they are all still alive. Prints a JSON object; bench/run.sh records it.
 
 usage: bench/conns.py [--build build] [--conns 10000]
 """
-import argparse, json, os, resource, selectors, socket, subprocess, sys, tempfile, time
+import argparse, json, os, resource, selectors, shutil, socket, subprocess, sys, tempfile, time
 
 BODY = b'{"model":"gpt-4o","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
 # The shipped config's demo key: every request is authenticated and budgeted.
@@ -106,6 +106,7 @@ def main():
     # can be refused (402) when the machine is slow to settle them
     for limit in ('"5.00"', '"20.00"', '"100.00"'):
         conf = conf.replace(f"limit: {limit}", 'limit: "1000000.00"')
+    conf = conf.replace('dir: "var/ledger"', f'dir: "{tmp}/ledger"')   # not the repo's
     cpath = os.path.join(tmp, "tollgate.yaml")
     open(cpath, "w").write(conf)
     mock = subprocess.Popen(["taskset", "-c", "1", f"{a.build}/mockllm", "--listen", f"127.0.0.1:{mport}", "--quiet"],
@@ -151,6 +152,7 @@ def main():
         mock.terminate()
         tg.wait(10)
         mock.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
