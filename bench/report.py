@@ -393,6 +393,28 @@ def conns_section(result):
                   "RSS KiB: before / open / idle / after round 2"], "rrrrrr", rows)
 
 
+def read_streams(work):
+    try:
+        lines = [ln for ln in open(os.path.join(work, "raw", "streams.json"))
+                 if ln.strip().startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+
+
+def streams_section(r, rc):
+    if r is None:
+        return f"No result: bench/streams.py exited {rc}."
+    rows = [[f"{r['streams']:,}", f"{r['ok']:,} / {r['errors']:,}",
+             f"{r['stream_s_min']} / {r['stream_s_p50']} / {r['stream_s_p99']} / {r['stream_s_max']}",
+             f"{r['tollgate_cpu_s']}", f"{r['cpu_us_per_event']}", f"{r['cpu_busy_pct']}",
+             f"{r['rss_peak_kib']:,}", f"{r['rss_bytes_per_stream']:,}",
+             "yes" if r["tollgate_alive"] else "**no**"]]
+    return table(["streams at once", "ok / errors", "stream s: min / p50 / p99 / max",
+                  "tollgate CPU s", "CPU µs per event", "core busy %", "peak RSS KiB",
+                  "RSS bytes per stream", "alive"], "rrrrrrrrl", rows)
+
+
 def steal_percent(meta):
     try:
         a = [int(x) for x in meta["cpustat_start"].split()[1:]]
@@ -490,6 +512,17 @@ def render(meta, summary, rows, facts, all_flags, warnings, conns):
         w(f"| fast path, 1 shard | {budget['fast_path_1_shard_ns']:.1f} |")
         w(f"| fast path, 2 shards | {budget['fast_path_2_shards_ns']:.1f} |")
         w(f"| contended edge, 2 shards | {budget['edge_2_shards_ns']:.1f} |")
+        w("")
+    if "streams_rc" in meta:
+        w("## Many slow streams: tollgate, one worker (bench/streams.py)")
+        w("")
+        w("`bench/streams.py` starts its own mockllm (CPU 1) and tollgate `--workers 1` (CPU 0, "
+          "shipped config: budgets on, the ledger in its temp dir), opens N connections and starts "
+          "a metered stream on each at once (50 tokens, one per event, 100 ms apart), reads every "
+          "stream to `[DONE]` and the chunked terminator, samples RSS while they run and reads "
+          "tollgate's CPU time before and after.")
+        w("")
+        w(streams_section(read_streams(meta["_work"]), meta["streams_rc"]))
         w("")
     ledger = read_json(os.path.join(meta["_work"], "raw", "ledger.json"))
     if ledger:

@@ -32,7 +32,8 @@ usage: bench/run.sh [--quick] [--runs N] [--duration S] [--out FILE]
   --duration S   seconds per measurement (default 10)
   --out FILE     where to write the report (default bench/RESULTS.md)
   --no-build     do not run `make` first; use build/ as it is
-  --no-conns     skip the many-connections phase (bench/conns.py)
+  --no-conns     skip the many-connections and many-streams phases
+                 (bench/conns.py, bench/streams.py)
   --keep         keep the temp dir (configs, logs, raw wrk/h2load output)
 USAGE
 }
@@ -456,6 +457,15 @@ if [ $conns_phase = 1 ]; then
 		>"$work/raw/conns.json" 2>"$work/raw/conns.err" || conns_rc=$?
 	[ $conns_rc = 0 ] || log "ERRORS: bench/conns.py exited $conns_rc: $(tail -c 300 "$work/raw/conns.err")"
 	printf 'conns_rc\t%s\n' $conns_rc >>"$work/meta.tsv"
+	# 5,000 slow metered streams at once (50 events, 100 ms apart) on one
+	# worker; 1,000 with --quick.
+	streams=$([ $quick = 1 ] && echo 1000 || echo 5000)
+	log "streams: bench/streams.py --streams $streams"
+	streams_rc=0
+	(cd "$root" && timeout -s INT 300 python3 "$bench/streams.py" --build build --streams $streams) \
+		>"$work/raw/streams.json" 2>"$work/raw/streams.err" || streams_rc=$?
+	[ $streams_rc = 0 ] || log "ERRORS: bench/streams.py exited $streams_rc: $(tail -c 300 "$work/raw/streams.err")"
+	printf 'streams_rc\t%s\n' $streams_rc >>"$work/meta.tsv"
 fi
 
 # The budget engine alone: ns per reserve+commit (bench/budget_micro.c).
