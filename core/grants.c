@@ -153,7 +153,7 @@ void grants_ask_close(struct grant *g)
 static bool in_flight(const struct grant_table *t, struct grant *g)
 {
 	for (uint32_t i = 0; i < t->n_shards; i++)
-		if (atomic_load_explicit(&g->use[i].inflight, memory_order_acquire))
+		if (atomic_load_explicit(&g->use[i].inflight, memory_order_seq_cst))
 			return true;
 	return false;
 }
@@ -172,6 +172,17 @@ static void retire(struct grant_table *t, struct grant *g)
 	do
 		g->next_retired = head;
 	while (!atomic_compare_exchange_weak(&t->retired, &head, g));
+}
+
+void grants_withdraw(struct grant_table *t, struct grant *g)
+{
+	for (struct grant **pp = &t->owned[g->owner]; *pp; pp = &(*pp)->next_owned)
+		if (*pp == g) {
+			*pp = g->next_owned;
+			break;
+		}
+	atomic_store(&g->state, GRANT_CLOSED);
+	retire(t, g);
 }
 
 uint32_t grants_tidy(struct grant_table *t, uint32_t shard, int64_t now_s,
@@ -217,12 +228,21 @@ void grants_tidy_leases(struct grant_table *t, uint32_t shard, const struct budg
 	}
 }
 
-void grants_reclaim(struct grant_table *t, void (*quiesce)(void *), void *arg)
+void grants_reclaim(struct grant_table *t, bool (*quiesce)(void *), void *arg)
 {
 	struct grant *batch = atomic_exchange(&t->retired, NULL);
 	if (!batch)
 		return;
-	quiesce(arg);
+	if (!quiesce(arg)) {
+		struct grant *last = batch;
+		while (last->next_retired)
+			last = last->next_retired;
+		struct grant *head = atomic_load(&t->retired);
+		do
+			last->next_retired = head;
+		while (!atomic_compare_exchange_weak(&t->retired, &head, batch));
+		return;
+	}
 	for (struct grant *g = batch, *next; g; g = next) {
 		next = g->next_retired;
 		grant_free(g);

@@ -86,6 +86,10 @@ bool grants_publish(struct grant_table *t, struct grant *g);
 /* The open grant whose token hashes to sha256, or NULL. Valid until the
  * caller's loop turn ends, unless grants_begin() holds it. */
 struct grant *grants_find(struct grant_table *t, const unsigned char sha256[32]);
+/* Its owner takes back a grant published this loop turn whose opening
+ * could not be booked: no one has its token yet, so nothing spent it. */
+void grants_withdraw(struct grant_table *t, struct grant *g);
+
 /* The grant named id (open or closing), or NULL; same validity. */
 struct grant *grants_find_id(struct grant_table *t, const char *id, size_t len);
 
@@ -110,8 +114,9 @@ uint32_t grants_tidy(struct grant_table *t, uint32_t shard, int64_t now_s,
 /* budget_tidy() on every open grant's scope for `shard`. */
 void grants_tidy_leases(struct grant_table *t, uint32_t shard, const struct budget_clock *clk);
 
-/* The sweeper's step: frees grants closed before quiesce(arg) returned. */
-void grants_reclaim(struct grant_table *t, void (*quiesce)(void *), void *arg);
+/* The sweeper's step: frees grants closed before quiesce(arg) returned
+ * true (false: it was cut short; they wait for the next step, or exit). */
+void grants_reclaim(struct grant_table *t, bool (*quiesce)(void *), void *arg);
 
 /* Open grants (published, not closed). */
 uint32_t grants_live(const struct grant_table *t);

@@ -208,6 +208,14 @@ static void quiesce_shards(void *arg)
 	}
 }
 
+/* quiesce_shards(), and whether it ran to the end (not cut short by stop). */
+static bool quiesce_completed(void *arg)
+{
+	struct sweeper *w = arg;
+	quiesce_shards(w);
+	return !atomic_load(&w->stop);
+}
+
 static void *sweeper_main(void *arg)
 {
 	struct sweeper *w = arg;
@@ -224,7 +232,7 @@ static void *sweeper_main(void *arg)
 					     quiesce_shards, w);
 		if (freed)
 			log_info("%u idle runs expired, %u live", freed, runs_live(w->runs));
-		grants_reclaim(w->grants, quiesce_shards, w);
+		grants_reclaim(w->grants, quiesce_completed, w);
 	}
 	return NULL;
 }

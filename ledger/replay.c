@@ -506,6 +506,7 @@ static void close_grant_seen(struct replay_ctx *x, struct grant_seen *g, bool ru
 		run_touch(x, &r, r.usd);
 	pend(x, &r);
 	g->open = false;
+	g->closed = true;
 	x->out->grants_closed++;
 }
 
@@ -550,9 +551,10 @@ static void reopen_grant(struct replay_ctx *x, struct grant_seen *gs)
 static void restore_grants(struct replay_ctx *x, bool expired_pass)
 {
 	for (struct grant_seen *g = x->grants.all; g; g = g->next_all) {
-		if (!g->open)
+		if (!g->opened || g->closed)
 			continue;
-		if (expired_pass && g->t.expires_s <= x->now.now_s)
+		/* expired, or its token hash unreadable (it could not be used) */
+		if (expired_pass && (!g->open || g->t.expires_s <= x->now.now_s))
 			close_grant_seen(x, g, true);
 		else if (!expired_pass)
 			reopen_grant(x, g);

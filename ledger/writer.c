@@ -114,6 +114,14 @@ static int write_all(struct ledger_writer *w, const char *buf, uint32_t len)
 void ledger_writer_close(struct ledger_writer *w)
 {
 	if (w->fd >= 0) {
+		if (w->writing && !w->error) {
+			/* written, its fsync not back (the loop gave up waiting):
+			 * count it, so what follows goes after it */
+			struct ledger_batch *flight = &w->batch[!w->fill];
+			w->seg_len += flight->len;
+			flight->len = 0;
+			w->writing = false;
+		}
 		struct ledger_batch *b = &w->batch[w->fill];
 		int rc = w->error ? w->error : b->len ? write_all(w, b->buf, b->len) : 0;
 		if (!rc && w->fsync != LEDGER_FSYNC_NEVER && fdatasync(w->fd))
@@ -122,7 +130,9 @@ void ledger_writer_close(struct ledger_writer *w)
 			log_error("ledger: shard %u: closing segment %llu: %s", w->shard,
 				  (unsigned long long)w->seq, strerror(-rc));
 		b->len = 0;
-		waiters_wake(&b->waiters, rc);
+		/* the shard is gone: its waiters are not called (nor touched) */
+		waiters_init(&b->waiters);
+		waiters_init(&w->batch[!w->fill].waiters);
 		close(w->fd);
 		w->fd = -1;
 	}

@@ -41,7 +41,8 @@ struct io_uring_cqe;
 int ledger_writer_open(struct ledger_writer *w, int dir_fd, uint32_t shard, uint64_t seq,
 		       uint64_t seg_max, enum ledger_fsync fsync, uint32_t batch_ms);
 /* Writes out anything buffered synchronously (fsync unless `never`), and
- * closes. Only with nothing in flight (or the ring gone). */
+ * closes. Only once the shard's loop has stopped: waiters left are
+ * forgotten, not called. */
 void ledger_writer_close(struct ledger_writer *w);
 
 /* Buffers rec for the next write. 0, or -EIO when broken, -ENOBUFS when

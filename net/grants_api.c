@@ -236,6 +236,10 @@ void grants_api_open(struct exchange *ex)
 		reply_problem(ex, 403, "run_bound_to_other_key", "this run belongs to another key");
 		return;
 	}
+	if (rq.amount > parent->limit) {   /* also keeps every sum far from overflow */
+		refuse_amount(ex, parent, rq.amount);
+		return;
+	}
 	const struct cfg_key *grantee = key_by_id(ex->cfg, rq.grantee_key);
 	if (!grantee) {
 		reply_problem(ex, 400, "unknown_grantee_key", "grantee_key names no configured key");
@@ -254,7 +258,16 @@ void grants_api_open(struct exchange *ex)
 		return;
 	}
 	g->grantor_count = count;
-	booking_grant(ex->client->shard, ex->cfg, g, LEDGER_GRANT_OPEN, g->t.amount);
+	struct shard *s = ex->client->shard;
+	if (!booking_grant(s, ex->cfg, g, LEDGER_GRANT_OPEN, g->t.amount)) {
+		/* not on the books: it must not exist (fail closed) */
+		budget_release(&parent->scope, 1, (uint32_t)s->id, g->t.amount, &s->clock);
+		runs_end(parent, (uint32_t)s->id);
+		atomic_fetch_sub(count, 1);
+		grants_withdraw(ex->cfg->grants, g);
+		reply_problem(ex, 503, "ledger_unavailable", "the grant could not be booked");
+		return;
+	}
 	ex->ledger_hold = true;   /* the token is not shown before the grant is booked */
 	char *b = ex->inline_body;
 	size_t n = (size_t)snprintf(b, EX_INLINE_BODY, "{\"grant_token\":\"%s\",", token);

@@ -122,11 +122,36 @@ static void exchange_put(struct shard *s, struct exchange *ex)
 	s->ex_free = ex;
 }
 
-/* Ends the exchange with a complete reply: the connection lives on. */
+static void exchange_finish(struct exchange *ex);
+
+static void finish_written(struct ledger_wait *wt, int err)
+{
+	struct exchange *ex = container_of(wt, struct exchange, ledger_wait);
+	if (err)
+		client_abort(ex->client);   /* not on disk: no clean end for the agent */
+	else
+		exchange_finish(ex);
+}
+
+/* Ends the exchange with a complete reply: the connection lives on. A
+ * reply whose end was not a send (the provider's close, or a last read
+ * with no bytes for the agent) is settled here, and its commit record
+ * written, before the agent's connection can be closed or reused. */
 static void exchange_finish(struct exchange *ex)
 {
 	struct client *c = ex->client;
 	struct shard *s = c->shard;
+	decide_settle(ex);
+	if (ex->ledger_failed) {
+		client_abort(c);
+		return;
+	}
+	if (ex->ledger_hold) {
+		ex->ledger_hold = false;
+		ex->ledger_wait.done = finish_written;
+		ledger_wait_add(s->ledger, &ex->ledger_wait);
+		return;
+	}
 	if (ex->up) {
 		struct upstream *u = ex->up;
 		ex->up = NULL;

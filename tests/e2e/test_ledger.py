@@ -1190,3 +1190,40 @@ def test_record_times_never_go_back(env):
         back = [(a, b) for a, b in zip(recs, recs[1:]) if b.time_ms < a.time_ms]
         assert not back, ("%d of %d records dated before the one written ahead of them, "
                           "first: %r" % (len(back), len(recs), back[0]))
+
+
+def test_close_delimited_reply_ends_after_its_commit(env):
+    """A provider reply that ends only when the provider closes (no length,
+    not chunked) ends for the agent with its connection's close: that close
+    comes only after the commit record is written (the end was not a send,
+    so it is held in exchange_finish). Read the ledger the moment the agent
+    sees EOF: the commit is there, priced from the reply's usage."""
+    from harness import FakeProvider
+    p = Price("m", "1.00", "2.00")
+    body = (b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":'
+            b'{"role":"assistant","content":"hi"},"finish_reason":"stop"}],'
+            b'"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}')
+
+    def respond(conn_no, req_no, raw):
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\n\r\n" + body, True)
+
+    with Mock(env) as mk, FakeProvider(respond) as fp:
+        providers = {"fake": {"base_url": "http://%s:%d/v1" % (LOOPBACK, fp.port),
+                              "format": "openai", "timeout_ms": 5000}}
+        models = {"m": model("1.00", "2.00", provider="fake", cap=100)}
+        with Setup(env, mk, models, [key("k", "sk-cd", "t", limit="5.00")],
+                   teams={"t": {}}, providers=providers) as st:
+            tg = st.start()
+            for i in range(5):
+                with Conn(tg.port) as c:
+                    c.send(request("POST", CHAT, chat("m", 50, content="cd %d" % i),
+                                   dict(bearer("sk-cd"))))
+                    r = c.response()      # no length, not chunked: read to EOF
+                    assert r.status == 200 and r.body == body, r
+                    did = did_of(r)
+                    commits = [x for x in ledgerfile.read(st.dir).records("commit")
+                               if x.decision == did]
+                    assert len(commits) == 1, "EOF came before the commit was written"
+                    assert commits[0].usd == p.actual(11, 7), (commits[0].usd, p.actual(11, 7))
+            tg.term()
