@@ -12,6 +12,7 @@
 struct grant_table {
 	uint32_t n_shards;
 	_Atomic uint32_t live;
+	_Atomic uint32_t max_probe;        /* longest distance from home of any insert */
 	_Atomic(struct grant *) retired;   /* closed, to be freed after a quiesce */
 	struct grant *owned[BUDGET_MAX_SHARDS];   /* each owner's list (owner only) */
 	_Atomic(struct grant *) slots[SLOTS];
@@ -90,6 +91,9 @@ bool grants_publish(struct grant_table *t, struct grant *g)
 		if (atomic_compare_exchange_strong_explicit(&t->slots[i], &cur, g,
 							    memory_order_release,
 							    memory_order_relaxed)) {
+			uint32_t m = atomic_load(&t->max_probe);
+			while (n > m && !atomic_compare_exchange_weak(&t->max_probe, &m, n))
+				;
 			g->next_owned = t->owned[g->owner];
 			t->owned[g->owner] = g;
 			return true;
@@ -101,7 +105,12 @@ bool grants_publish(struct grant_table *t, struct grant *g)
 
 struct grant *grants_find(struct grant_table *t, const unsigned char sha256[32])
 {
-	for (uint32_t i = home(sha256), n = 0; n < SLOTS; i = (i + 1) % SLOTS, n++) {
+	/* Tombstones never turn empty again, so a miss would probe the whole
+	 * table once enough grants came and went: no grant sits further from
+	 * its home than the longest insert did. (A grant published while we
+	 * look may be missed: its token has not been handed out yet.) */
+	uint32_t limit = atomic_load_explicit(&t->max_probe, memory_order_acquire) + 1;
+	for (uint32_t i = home(sha256), n = 0; n < limit; i = (i + 1) % SLOTS, n++) {
 		struct grant *g = atomic_load_explicit(&t->slots[i], memory_order_acquire);
 		if (!g)
 			return NULL;
