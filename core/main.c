@@ -229,7 +229,7 @@ static void *sweeper_main(void *arg)
 		struct timespec now;
 		clock_gettime(CLOCK_REALTIME, &now);
 		uint32_t freed = runs_rotate(w->runs, now.tv_sec + atomic_load(w->clock_offset_s),
-					     quiesce_shards, w);
+					     quiesce_completed, w);
 		if (freed)
 			log_info("%u idle runs expired, %u live", freed, runs_live(w->runs));
 		grants_reclaim(w->grants, quiesce_completed, w);

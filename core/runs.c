@@ -303,7 +303,7 @@ static void zombie(struct run_table *t, struct run *r)
 	t->zombies[t->n_zombies++] = r;
 }
 
-uint32_t runs_rotate(struct run_table *t, int64_t now_s, void (*quiesce)(void *), void *arg)
+uint32_t runs_rotate(struct run_table *t, int64_t now_s, bool (*quiesce)(void *), void *arg)
 {
 	struct run_gen *c = atomic_load(&t->current), *p = atomic_load(&t->previous);
 	struct run_gen *n = t->spare ? t->spare : gen_new(t->capacity);
@@ -317,13 +317,13 @@ uint32_t runs_rotate(struct run_table *t, int64_t now_s, void (*quiesce)(void *)
 	}
 	atomic_store(&t->previous, c);                             /* 2 */
 	atomic_store(&t->current, n);
-	quiesce(arg);                                              /* 3 */
+	bool quiet = quiesce(arg);                                 /* 3 */
 	uint32_t freed = 0;
 	for (uint32_t i = 0; p && i <= p->mask; i++) {            /* 4 */
 		struct run *r = atomic_load(&p->slots[i]);
 		if (!r || gen_find(c, r->id, r->id_len) == r)
 			continue;
-		if (inflight(t, r))
+		if (inflight(t, r) || !quiet)   /* a shard may still hold it */
 			zombie(t, r);
 		else {
 			expire(t, r);
@@ -331,7 +331,7 @@ uint32_t runs_rotate(struct run_table *t, int64_t now_s, void (*quiesce)(void *)
 		}
 	}
 	for (uint32_t i = 0; i < t->n_zombies;) {
-		if (inflight(t, t->zombies[i])) {
+		if (!quiet || inflight(t, t->zombies[i])) {
 			i++;
 			continue;
 		}

@@ -82,11 +82,12 @@ void runs_tidy(struct run_table *t, uint32_t shard, const struct budget_clock *c
 
 /*
  * The sweeper's step (one thread only): expire what has been idle past its
- * TTL as of now_s. quiesce(arg) must return only after every shard has
- * finished the loop turn it was in when called. Returns how many runs
- * were freed.
+ * TTL as of now_s. quiesce(arg) returns true only after every shard has
+ * finished the loop turn it was in when called; false when it was cut
+ * short (shutdown): nothing is freed then, the expired runs wait. Returns
+ * how many runs were freed.
  */
-uint32_t runs_rotate(struct run_table *t, int64_t now_s, void (*quiesce)(void *), void *arg);
+uint32_t runs_rotate(struct run_table *t, int64_t now_s, bool (*quiesce)(void *), void *arg);
 
 /* Live runs (opened, not yet expired). */
 uint32_t runs_live(const struct run_table *t);

@@ -27,9 +27,10 @@ static void *opener(void *arg)
 	return NULL;
 }
 
-static void no_wait(void *arg)
+static bool no_wait(void *arg)
 {
 	(*(int *)arg)++;
+	return true;
 }
 
 /* Expiry: idle past the TTL and not in flight; a run used again, or in
@@ -111,11 +112,12 @@ static void *race_user(void *arg)
 	return NULL;
 }
 
-static void race_quiesce(void *arg)
+static bool race_quiesce(void *arg)
 {
 	uint64_t at[2] = { turns[0], turns[1] };
 	while (!race_stop && (turns[0] == at[0] || turns[1] == at[1]))
 		sched_yield();
+	return !race_stop;
 }
 
 static void test_expiry_race(void)
