@@ -46,6 +46,42 @@ def wait_port(port, deadline=5.0):
     raise RuntimeError(f"port {port} did not open")
 
 
+def start_pinned(build, in_flight, prefix):
+    """mockllm on CPU 1 and tollgate --workers 1 on CPU 0, on the shipped
+    config (budgets on) opened up for `in_flight` connections and calls at
+    once, its ledger in a new temp dir: (tmp, mock port, tollgate port,
+    mock, tollgate). stop() ends them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, in_flight * 2 + 1000)), hard))
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    mport, tport = free_port(), free_port()
+    conf = open("conf/tollgate.yaml").read()
+    conf = conf.replace("127.0.0.1:8081", f"127.0.0.1:{mport}").replace("127.0.0.1:8080", f"127.0.0.1:{tport}")
+    conf = conf.replace("max_connections: 20000", f"max_connections: {max(20000, in_flight + 100)}")
+    conf = conf.replace("max_requests: 4096", f"max_requests: {max(4096, in_flight + 100)}")
+    # budgets far above what the runs spend: this measures connections and
+    # streams, and at the shipped $5 key limit thousands of worst cases in
+    # flight at once can be refused (402) when the machine is slow to settle
+    for limit in ('"5.00"', '"20.00"', '"100.00"'):
+        conf = conf.replace(f"limit: {limit}", 'limit: "1000000.00"')
+    conf = conf.replace('dir: "var/ledger"', f'dir: "{tmp}/ledger"')   # not the repo's
+    cpath = os.path.join(tmp, "tollgate.yaml")
+    open(cpath, "w").write(conf)
+    mock = subprocess.Popen(["taskset", "-c", "1", f"{build}/mockllm", "--listen",
+                             f"127.0.0.1:{mport}", "--quiet"], stderr=subprocess.DEVNULL)
+    tg = subprocess.Popen(["taskset", "-c", "0", f"{build}/tollgate", "-c", cpath, "--workers", "1"],
+                          stderr=open(os.path.join(tmp, "tollgate.log"), "w"))
+    return tmp, mport, tport, mock, tg
+
+
+def stop(tmp, mock, tg):
+    tg.terminate()
+    mock.terminate()
+    tg.wait(10)
+    mock.wait(10)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def one_round(socks):
     """Sends REQ on every socket and reads one complete reply from each."""
     sel = selectors.DefaultSelector()
@@ -91,28 +127,7 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--conns", type=int, default=10000)
     a = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, a.conns * 2 + 1000)), hard))
-
-    tmp = tempfile.mkdtemp(prefix="tollgate-conns-")
-    mport, tport = free_port(), free_port()
-    conf = open("conf/tollgate.yaml").read()
-    conf = conf.replace("127.0.0.1:8081", f"127.0.0.1:{mport}").replace("127.0.0.1:8080", f"127.0.0.1:{tport}")
-    conf = conf.replace("max_connections: 20000", f"max_connections: {max(20000, a.conns + 100)}")
-    # every connection has a request in flight at once in the rounds below
-    conf = conf.replace("max_requests: 4096", f"max_requests: {max(4096, a.conns + 100)}")
-    # budgets far above what two rounds spend: this measures connections,
-    # and at the shipped $5 key limit 10,000 worst cases in flight at once
-    # can be refused (402) when the machine is slow to settle them
-    for limit in ('"5.00"', '"20.00"', '"100.00"'):
-        conf = conf.replace(f"limit: {limit}", 'limit: "1000000.00"')
-    conf = conf.replace('dir: "var/ledger"', f'dir: "{tmp}/ledger"')   # not the repo's
-    cpath = os.path.join(tmp, "tollgate.yaml")
-    open(cpath, "w").write(conf)
-    mock = subprocess.Popen(["taskset", "-c", "1", f"{a.build}/mockllm", "--listen", f"127.0.0.1:{mport}", "--quiet"],
-                            stderr=subprocess.DEVNULL)
-    tg = subprocess.Popen(["taskset", "-c", "0", f"{a.build}/tollgate", "-c", cpath, "--workers", "1"],
-                          stderr=open(os.path.join(tmp, "tollgate.log"), "w"))
+    tmp, mport, tport, mock, tg = start_pinned(a.build, a.conns, "tollgate-conns-")
     try:
         wait_port(mport)
         wait_port(tport)
@@ -148,11 +163,7 @@ def main():
             s.close()
         return 0 if (err1 == 0 and err2 == 0 and alive) else 1
     finally:
-        tg.terminate()
-        mock.terminate()
-        tg.wait(10)
-        mock.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop(tmp, mock, tg)
 
 
 if __name__ == "__main__":

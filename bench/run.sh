@@ -447,25 +447,24 @@ for r in $(seq "$runs"); do
 	for t in $TARGETS; do measure h2load $t nonstream $r; done
 done
 
-# Many idle keep-alive connections on one tollgate worker: bench/conns.py
-# starts its own mockllm and tollgate (same pinning) and stops them itself;
-# SIGINT on timeout lets its cleanup run.
+# Many idle keep-alive connections, then many slow streams, on one tollgate
+# worker: bench/conns.py and bench/streams.py start their own mockllm and
+# tollgate (same pinning) and stop them themselves.
+# py_phase NAME ARGS...: runs bench/NAME.py ARGS (its own processes; SIGINT
+# on timeout lets its cleanup run) into raw/NAME.json and records NAME_rc.
+py_phase() {
+	local name=$1 rc=0; shift
+	log "$name: bench/$name.py $*"
+	(cd "$root" && timeout -s INT 300 python3 "$bench/$name.py" --build build "$@") \
+		>"$work/raw/$name.json" 2>"$work/raw/$name.err" || rc=$?
+	[ $rc = 0 ] || log "ERRORS: bench/$name.py exited $rc: $(tail -c 300 "$work/raw/$name.err")"
+	printf '%s_rc\t%s\n' "$name" $rc >>"$work/meta.tsv"
+}
 if [ $conns_phase = 1 ]; then
-	log "connections: bench/conns.py --conns $conns"
-	conns_rc=0
-	(cd "$root" && timeout -s INT 300 python3 "$bench/conns.py" --build build --conns $conns) \
-		>"$work/raw/conns.json" 2>"$work/raw/conns.err" || conns_rc=$?
-	[ $conns_rc = 0 ] || log "ERRORS: bench/conns.py exited $conns_rc: $(tail -c 300 "$work/raw/conns.err")"
-	printf 'conns_rc\t%s\n' $conns_rc >>"$work/meta.tsv"
+	py_phase conns --conns $conns
 	# 5,000 slow metered streams at once (50 events, 100 ms apart) on one
 	# worker; 1,000 with --quick.
-	streams=$([ $quick = 1 ] && echo 1000 || echo 5000)
-	log "streams: bench/streams.py --streams $streams"
-	streams_rc=0
-	(cd "$root" && timeout -s INT 300 python3 "$bench/streams.py" --build build --streams $streams) \
-		>"$work/raw/streams.json" 2>"$work/raw/streams.err" || streams_rc=$?
-	[ $streams_rc = 0 ] || log "ERRORS: bench/streams.py exited $streams_rc: $(tail -c 300 "$work/raw/streams.err")"
-	printf 'streams_rc\t%s\n' $streams_rc >>"$work/meta.tsv"
+	py_phase streams --streams $([ $quick = 1 ] && echo 1000 || echo 5000)
 fi
 
 # The budget engine alone: ns per reserve+commit (bench/budget_micro.c).

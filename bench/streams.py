@@ -12,10 +12,10 @@ before and after. Prints a JSON object; bench/run.sh records it.
 
 usage: bench/streams.py [--build build] [--streams 5000] [--tokens 50] [--delay-ms 100]
 """
-import argparse, json, os, resource, selectors, shutil, socket, subprocess, sys, tempfile, time
+import argparse, json, os, selectors, socket, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conns import free_port, rss_kib, wait_port  # noqa: E402
+from conns import rss_kib, start_pinned, stop, wait_port  # noqa: E402
 
 
 def request(tokens, delay_ms):
@@ -96,23 +96,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=50)
     ap.add_argument("--delay-ms", type=int, default=100)
     a = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, a.streams * 2 + 1000)), hard))
-
-    tmp = tempfile.mkdtemp(prefix="tollgate-streams-")
-    mport, tport = free_port(), free_port()
-    conf = open("conf/tollgate.yaml").read()
-    conf = conf.replace("127.0.0.1:8081", f"127.0.0.1:{mport}").replace("127.0.0.1:8080", f"127.0.0.1:{tport}")
-    conf = conf.replace("max_requests: 4096", f"max_requests: {max(4096, a.streams + 100)}")
-    for limit in ('"5.00"', '"20.00"', '"100.00"'):
-        conf = conf.replace(f"limit: {limit}", 'limit: "1000000.00"')
-    conf = conf.replace('dir: "var/ledger"', f'dir: "{tmp}/ledger"')
-    cpath = os.path.join(tmp, "tollgate.yaml")
-    open(cpath, "w").write(conf)
-    mock = subprocess.Popen(["taskset", "-c", "1", f"{a.build}/mockllm", "--listen",
-                             f"127.0.0.1:{mport}", "--quiet"], stderr=subprocess.DEVNULL)
-    tg = subprocess.Popen(["taskset", "-c", "0", f"{a.build}/tollgate", "-c", cpath, "--workers", "1"],
-                          stderr=open(os.path.join(tmp, "tollgate.log"), "w"))
+    tmp, mport, tport, mock, tg = start_pinned(a.build, a.streams, "tollgate-streams-")
     try:
         wait_port(mport)
         wait_port(tport)
@@ -140,11 +124,7 @@ def main():
         print(json.dumps(result))
         return 0 if (errors == 0 and alive) else 1
     finally:
-        tg.terminate()
-        mock.terminate()
-        tg.wait(10)
-        mock.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop(tmp, mock, tg)
 
 
 if __name__ == "__main__":
