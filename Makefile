@@ -22,7 +22,7 @@ MALLOC_LIB :=
 else
 MALLOC_LIB := -ljemalloc
 endif
-LDLIBS  := -luring -lfyaml -lhttp_parser -lxxhash -lmbedcrypto -lpthread $(MALLOC_LIB)
+LDLIBS  := -luring -lfyaml -lhttp_parser -lxxhash -lmbedtls -lmbedx509 -lmbedcrypto -lpthread $(MALLOC_LIB)
 
 TOLLGATE_SRC := $(wildcard core/*.c net/*.c tls/*.c ledger/*.c)
 LIB_SRC      := $(filter-out core/main.c,$(TOLLGATE_SRC))

@@ -22,6 +22,8 @@
 
 #include "core/arena.h"
 #include "core/defs.h"
+#include "core/log.h"
+#include "tls/tls.h"
 
 /* Loader state for one file. */
 struct loader {
@@ -277,6 +279,61 @@ static int read_addr(struct loader *ld, struct fy_node *key, struct fy_node *val
 	return 0;
 }
 
+/* ---- files the config names (TLS certificates, keys, CA bundles) ---- */
+
+#define PEM_MAX_BYTES (4u << 20)
+
+/* Reads `path` (relative: to the config file's directory) into the arena,
+ * NUL-terminated; *len counts the NUL. */
+static int read_pem(struct loader *ld, int line, const char *path,
+		    const char **out, size_t *len)
+{
+	char full[4096];
+	const char *slash = strrchr(ld->path, '/');
+	if (path[0] != '/' && slash)
+		snprintf(full, sizeof(full), "%.*s/%s", (int)(slash - ld->path), ld->path, path);
+	else
+		snprintf(full, sizeof(full), "%s", path);
+	FILE *f = fopen(full, "rb");
+	if (!f) {
+		load_error(ld, line, "cannot open %s: %s", full, strerror(errno));
+		return -EINVAL;
+	}
+	char *buf = malloc(PEM_MAX_BYTES + 1);
+	size_t n = buf ? fread(buf, 1, PEM_MAX_BYTES + 1, f) : 0;
+	bool bad = !buf || ferror(f) || n > PEM_MAX_BYTES || n == 0;
+	fclose(f);
+	if (bad) {
+		load_error(ld, line, "%s: %s", full, !buf ? "out of memory" :
+			   n > PEM_MAX_BYTES ? "larger than 4 MiB" : "empty or unreadable");
+		free(buf);
+		return -EINVAL;
+	}
+	*out = arena_strndup(ld->arena, buf, n);   /* adds the NUL */
+	*len = n + 1;
+	free(buf);
+	return 0;
+}
+
+/* An https provider: its CA bundle, read and checked now. */
+static int provider_tls(struct loader *ld, struct cfg_provider *p, const char *what)
+{
+	if (p->insecure_skip_verify) {
+		log_warn("%s: insecure_skip_verify is set: the provider's certificate "
+			 "and name are NOT checked", what);
+		return 0;
+	}
+	const char *ca = p->ca_file ? p->ca_file : TLS_SYSTEM_CA;
+	if (read_pem(ld, p->line, ca, &p->ca_pem, &p->ca_len))
+		return -EINVAL;
+	char err[256];
+	if (tls_check_ca_pem(p->ca_pem, p->ca_len, err, sizeof(err))) {
+		load_error(ld, p->line, "%s: ca_file %s: %s", what, ca, err);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* ---- listen ---- */
 
 static int listen_addr(struct loader *ld, struct fy_node *k, struct fy_node *v,
@@ -301,10 +358,16 @@ static int listen_tls(struct loader *ld, struct fy_node *k, struct fy_node *v,
 		load_error(ld, node_line(k), "listen.tls: needs both cert and key");
 		return -EINVAL;
 	}
-	/* TLS termination lands with the TLS issue; refuse rather than serve
-	 * plain text on a port the operator believes is encrypted. */
-	load_error(ld, node_line(k), "listen.tls: TLS is not available in this build");
-	return -EINVAL;
+	char err[256];
+	if (read_pem(ld, node_line(k), l->tls_cert, &l->tls_cert_pem, &l->tls_cert_len) ||
+	    read_pem(ld, node_line(k), l->tls_key, &l->tls_key_pem, &l->tls_key_len))
+		return -EINVAL;
+	if (tls_check_server_pem(l->tls_cert_pem, l->tls_cert_len, l->tls_key_pem,
+				 l->tls_key_len, err, sizeof(err))) {
+		load_error(ld, node_line(k), "listen.tls: %s: %s", l->tls_cert, err);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 static const struct field listen_fields[] = {
@@ -393,6 +456,7 @@ static const struct field limits_fields[] = {
 	ROW("max_connections", F_U32, struct cfg_limits, max_connections, 16, 1000000),
 	ROW("max_requests", F_U32, struct cfg_limits, max_requests, 16, 1000000),
 	ROW("reservation_ttl_ms", F_U32, struct cfg_limits, reservation_ttl_ms, 1000, 86400000),
+	ROW("handshake_timeout_ms", F_U32, struct cfg_limits, handshake_timeout_ms, 100, 600000),
 };
 
 static int section_limits(struct loader *ld, struct fy_node *k,
@@ -525,11 +589,8 @@ static int read_provider(struct loader *ld, struct fy_node *k,
 			   what, p->base_url);
 		return rc;
 	}
-	if (p->tls) {
-		load_error(ld, p->line, "%s: https providers need the TLS build (not available yet)",
-			   what);
+	if (p->tls && provider_tls(ld, p, what))
 		return -EINVAL;
-	}
 	if (p->api_key_env) {
 		const char *key = getenv(p->api_key_env);
 		if (key && *key)
@@ -1306,6 +1367,7 @@ static void set_defaults(struct config *cfg)
 		.max_connections = 20000,
 		.max_requests = 4096,
 		.reservation_ttl_ms = 900000,
+		.handshake_timeout_ms = 10000,
 	};
 	cfg->alerts = (struct cfg_alerts){ .log = true, .timeout_ms = 2000 };
 	cfg->ledger = (struct cfg_ledger){ .fsync = 1 /* batch */, .batch_ms = 100,

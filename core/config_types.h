@@ -34,6 +34,10 @@ struct cfg_listen {
 	struct cfg_addr addr;
 	const char *tls_cert;      /* NULL: plain HTTP */
 	const char *tls_key;
+	/* the files' contents, read at load and NUL-terminated (the length
+	 * counts the NUL, as mbedTLS's PEM parser wants) */
+	const char *tls_cert_pem, *tls_key_pem;
+	size_t tls_cert_len, tls_key_len;
 	int line;
 };
 
@@ -55,8 +59,10 @@ struct cfg_provider {
 	uint32_t timeout_ms;       /* request sent -> first response byte */
 	uint32_t idle_timeout_ms;  /* between response bytes, and pooled-idle lifetime */
 	uint32_t max_idle_conns;   /* per shard */
-	const char *ca_file;
+	const char *ca_file;       /* NULL: the system bundle (TLS_SYSTEM_CA) */
 	bool insecure_skip_verify;
+	const char *ca_pem;        /* https: the CA bundle read at load (NUL counted) */
+	size_t ca_len;
 	int index;
 	int line;
 };
@@ -154,6 +160,7 @@ struct cfg_limits {
 	uint32_t max_connections;    /* per shard */
 	uint32_t max_requests;       /* in flight per shard */
 	uint32_t reservation_ttl_ms; /* a budgeted call that runs longer is cut and settled */
+	uint32_t handshake_timeout_ms; /* TLS: accept -> handshake done */
 };
 
 /* Where budget alerts go (core/alerts.c). */

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -34,6 +35,7 @@
 #include "core/runs.h"
 #include "core/shard.h"
 #include "ledger/ledger.h"
+#include "tls/tls.h"
 
 /* jemalloc reads this at start: return freed memory to the kernel within a
  * second, from its own thread, so a burst does not leave RSS behind. */
@@ -294,8 +296,13 @@ int main(int argc, char **argv)
 	shards = calloc((size_t)workers, sizeof(*shards));
 	if (!shards)
 		goto fail;
+	/* session tickets: every shard derives its keys from this (tls/ticket.c) */
+	static uint8_t ticket_secret[TLS_TICKET_SECRET];
+	if (getrandom(ticket_secret, sizeof(ticket_secret), 0) != sizeof(ticket_secret))
+		goto fail;
 	for (int i = 0; i < workers; i++) {
-		int rc = shard_init(&shards[i], i, cfg->pin ? cpus[i % n_cpus] : -1, cfg);
+		int rc = shard_init(&shards[i], i, cfg->pin ? cpus[i % n_cpus] : -1, cfg,
+				    ticket_secret);
 		if (rc) {
 			log_error("shard %d: start-up failed: %s", i, strerror(-rc));
 			for (int j = 0; j <= i; j++)

@@ -27,6 +27,8 @@
 #include "ledger/writer.h"
 #include "net/grants_api.h"
 #include "core/runs.h"
+#include "core/shard_tls.h"
+#include "tls/tls.h"
 #include "net/client.h"
 #include "net/upstream.h"
 
@@ -128,7 +130,8 @@ static int pools_alloc(struct shard *s)
 	return s->pools ? 0 : -ENOMEM;
 }
 
-int shard_init(struct shard *s, int id, int cpu, struct config *cfg)
+int shard_init(struct shard *s, int id, int cpu, struct config *cfg,
+	       const uint8_t *ticket_secret)
 {
 	memset(s, 0, sizeof(*s));
 	s->id = id;
@@ -140,6 +143,8 @@ int shard_init(struct shard *s, int id, int cpu, struct config *cfg)
 	if (!s->holds)
 		return -ENOMEM;
 	s->holds->cfg = cfg;
+	if (tls_shard_init(&s->tls, ticket_secret) || shard_tls_hold(s, s->holds))
+		return -EIO;
 	s->now_ms = monotonic_ms();
 	update_clock(s);
 	if (getrandom(&s->run_prefix, sizeof(s->run_prefix), 0) != sizeof(s->run_prefix))
@@ -163,7 +168,7 @@ int shard_init(struct shard *s, int id, int cpu, struct config *cfg)
 		}
 		s->listen_fds[s->n_listen++] = fd;
 	}
-	return 0;
+	return shard_tls_listeners(s);
 }
 
 /* ---- messages from the main thread ---- */
@@ -174,7 +179,10 @@ static void shard_reload(struct shard *s)
 	if (!next)
 		return;
 	struct cfg_hold *hold = calloc(1, sizeof(*hold));
-	if (!hold) {
+	if (hold)
+		hold->cfg = next;
+	if (!hold || shard_tls_hold(s, hold)) {
+		free(hold);
 		log_error("reload: out of memory, keeping generation %llu",
 			  (unsigned long long)s->cfg->generation);
 		config_unref(next);
@@ -184,19 +192,25 @@ static void shard_reload(struct shard *s)
 	 * swap. Requests in flight finish on the generation they started on. */
 	upstream_pools_reset(s);
 	free(s->pools);
+	shard_tls_reload(s, next);
 	struct cfg_hold *old = s->holds;
-	hold->cfg = next;
 	hold->next = old;
 	s->holds = hold;
 	s->cfg = next;
 	if (old->users == 0) {
 		hold->next = old->next;
-		config_unref(old->cfg);
-		free(old);
+		shard_hold_free(old);
 	}
 	if (pools_alloc(s))
 		BUG_ON(1);
 	log_info("reloaded: generation %llu", (unsigned long long)next->generation);
+}
+
+void shard_hold_free(struct cfg_hold *h)
+{
+	shard_tls_unhold(h);
+	config_unref(h->cfg);
+	free(h);
 }
 
 static void shard_drain(struct shard *s)
@@ -243,13 +257,13 @@ void shard_post(struct shard *s, enum shard_cmd cmd, struct config *cfg)
 
 static void on_accept(struct shard *s, struct io_uring_cqe *cqe)
 {
+	int *fdp = ring_tag_ptr(cqe->user_data);
 	if (cqe->res >= 0) {
-		client_accept(s, cqe->res);
+		client_accept(s, cqe->res, s->listen_tls[fdp - s->listen_fds]);
 	} else if (cqe->res != -ECANCELED) {
 		log_warn("accept: %s", strerror(-cqe->res));
 	}
 	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->draining) {
-		int *fdp = ring_tag_ptr(cqe->user_data);
 		post_accept(s, (uint32_t)(fdp - s->listen_fds));
 	}
 }
@@ -275,6 +289,9 @@ static void dispatch(struct shard *s, struct io_uring_cqe *cqe)
 		break;
 	case OP_UPSTREAM_RECV:
 		upstream_on_recv(ptr, cqe->res, cqe->flags);
+		break;
+	case OP_UPSTREAM_TLS:
+		upstream_on_tls_pending(ptr);
 		break;
 	case OP_WAKE:
 		shard_on_wake(s);
@@ -352,6 +369,10 @@ static void *shard_main(void *arg)
 		rc = ring_add_bufs(&s->ring, BUFS_CLIENT, RING_CLIENT_BUFS, RING_BUF_SIZE);
 	if (!rc)
 		rc = ring_add_bufs(&s->ring, BUFS_UPSTREAM, up_bufs, RING_BUF_SIZE);
+	/* decrypted TLS records: one per agent read and per provider read */
+	if (!rc)
+		rc = ring_add_user_bufs(&s->ring, BUFS_PLAIN,
+					MIN(RING_CLIENT_BUFS + up_bufs, 65536), RING_BUF_SIZE);
 	atomic_store(&s->started, rc ? rc : 1);
 	if (rc) {
 		log_error("io_uring set-up failed: %s", strerror(-rc));
@@ -447,8 +468,7 @@ void shard_destroy(struct shard *s)
 	while (s->holds) {
 		struct cfg_hold *h = s->holds;
 		s->holds = h->next;
-		config_unref(h->cfg);
-		free(h);
+		shard_hold_free(h);
 	}
 	if (s->wake_fd >= 0)
 		close(s->wake_fd);
@@ -467,4 +487,5 @@ void shard_destroy(struct shard *s)
 		s->ex_free = ex->next_free;
 		free(ex);
 	}
+	shard_tls_free(s);
 }

@@ -20,6 +20,7 @@
 #include "core/timer.h"
 #include "net/conn_types.h"
 #include "net/ring.h"
+#include "tls/tls_types.h"
 
 /* Counters a shard keeps for itself (read racily for stats only). */
 struct shard_stats {
@@ -37,6 +38,7 @@ struct upstream_pool {
 	uint32_t n_idle;
 };
 
+
 /* A config generation and how many of this shard's exchanges use it. The
  * head of the list is current; older ones are released at zero users. This
  * keeps per-request reference counting off shared cache lines. */
@@ -44,6 +46,7 @@ struct cfg_hold {
 	struct config *cfg;
 	uint32_t users;
 	struct cfg_hold *next;
+	struct tls_conf **provider_tls;  /* per provider of cfg: https client side, or NULL */
 };
 
 enum shard_cmd {
@@ -66,6 +69,8 @@ struct shard {
 	struct timer_heap timers;
 	int *listen_fds;
 	uint32_t n_listen;
+	struct tls_conf **listen_tls;    /* per listener: server configuration, NULL: plain */
+	struct tls_shard tls;            /* DRBG and ticket keys */
 
 	struct client *clients;          /* live list */
 	struct client *client_free;

@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "core/shard.h"
 #include "net/booking.h"
+#include "net/client_tls.h"
 #include "net/http1.h"
 #include "net/proxy.h"
 #include "net/sendq.h"
@@ -65,6 +66,8 @@ static void client_maybe_free(struct client *c)
 {
 	if (c->state == CLIENT_CLOSING && c->inflight == 0) {
 		release_buffers(c);
+		if (c->tls)
+			client_tls_end(c);   /* no send from its buffers is in flight */
 		close(c->fd);
 		client_free(c);
 	}
@@ -89,7 +92,7 @@ void client_abort(struct client *c)
 	client_maybe_free(c);
 }
 
-void client_accept(struct shard *s, int fd)
+void client_accept(struct shard *s, int fd, struct tls_conf *tls)
 {
 	struct client *c = s->client_free;
 	if (s->n_clients >= s->cfg->limits.max_connections || s->draining) {
@@ -113,6 +116,7 @@ void client_accept(struct shard *s, int fd)
 	c->state = CLIENT_IDLE;
 	c->in.bid = -1;
 	c->out.bid = -1;
+	c->plain.bid = -1;
 	c->next = s->clients;
 	if (s->clients)
 		s->clients->prev = c;
@@ -122,9 +126,19 @@ void client_accept(struct shard *s, int fd)
 
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	/* A new connection must start a request within the header timeout. */
-	shard_timer_arm(s, &c->timer, TIMER_CLIENT_HEADER,
-			s->cfg->limits.header_timeout_ms);
+	if (tls && !client_tls_start(c, tls)) {
+		s->stats.refused_no_memory++;
+		client_abort(c);
+		return;
+	}
+	/* A new connection must finish its handshake, then start a request,
+	 * within their timeouts. */
+	if (tls)
+		shard_timer_arm(s, &c->timer, TIMER_CLIENT_HANDSHAKE,
+				s->cfg->limits.handshake_timeout_ms);
+	else
+		shard_timer_arm(s, &c->timer, TIMER_CLIENT_HEADER,
+				s->cfg->limits.header_timeout_ms);
 	client_post_recv(c);
 }
 
@@ -132,7 +146,7 @@ void client_accept(struct shard *s, int fd)
 
 static void client_post_recv(struct client *c)
 {
-	if (c->recv_posted || c->state == CLIENT_CLOSING || c->in.bid >= 0)
+	if (c->recv_posted || c->state == CLIENT_CLOSING || c->in.bid >= 0 || c->plain.bid >= 0)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
 	ring_prep_recv(&c->shard->ring, sqe, c->fd, BUFS_CLIENT);
@@ -178,6 +192,13 @@ void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
 		client_abort(c);
 		return;
 	}
+	if (c->tls) {
+		client_tls_received(c);
+		if (c->tls->phase == TLS_HANDSHAKE && !client_tls_handshake(c)) {
+			client_post_recv(c);
+			return;
+		}
+	}
 	client_process(c);
 }
 
@@ -213,22 +234,44 @@ static bool client_begin_request(struct client *c)
 	return true;
 }
 
+/* Bytes to parse: stashed in a provided buffer, or decrypted (TLS). */
+static bool client_input(struct client *c, const char **data, size_t *len)
+{
+	if (c->tls)
+		return client_tls_input(c, data, len);
+	if (c->in.bid < 0)
+		return false;
+	*data = (const char *)ring_buf_ptr(&c->shard->ring, c->in.bid) + c->in.off;
+	*len = c->in.len;
+	return true;
+}
+
+static void client_consume(struct client *c, size_t n)
+{
+	if (c->tls) {
+		client_tls_consume(c, n);
+		return;
+	}
+	c->in.off += (uint32_t)n;
+	c->in.len -= (uint32_t)n;
+	if (c->in.len == 0) {
+		ring_buf_return(&c->shard->ring, c->in.bid);
+		c->in.bid = -1;
+	}
+}
+
 /* Parses stashed bytes until they run out or a request is complete. */
 static void client_process(struct client *c)
 {
 	struct shard *s = c->shard;
-	while (c->in.bid >= 0 && c->state != CLIENT_BUSY && c->state != CLIENT_CLOSING) {
+	const char *data;
+	size_t len;
+	while (c->state != CLIENT_BUSY && c->state != CLIENT_CLOSING &&
+	       client_input(c, &data, &len)) {
 		if (c->state == CLIENT_IDLE && !client_begin_request(c))
 			break;
 		struct exchange *ex = c->ex;
-		const char *data = (const char *)ring_buf_ptr(&s->ring, c->in.bid) + c->in.off;
-		size_t n = http1_feed(&ex->req, data, c->in.len);
-		c->in.off += (uint32_t)n;
-		c->in.len -= (uint32_t)n;
-		if (c->in.len == 0) {
-			ring_buf_return(&s->ring, c->in.bid);
-			c->in.bid = -1;
-		}
+		client_consume(c, http1_feed(&ex->req, data, len));
 		switch (ex->req.event) {
 		case HTTP_NEED_MORE:
 			break;
@@ -261,8 +304,23 @@ static void client_process(struct client *c)
 
 /* ---- writing ---- */
 
+static void client_sent_all(struct client *c);
+
 static void client_post_send(struct client *c)
 {
+	if (c->tls) {
+		/* encrypted a record at a time; TLS posts the sends */
+		c->out.posted = true;
+		if (client_tls_flush(c)) {
+			/* nothing to send: finish on the next completion, never
+			 * inside the caller's own send */
+			struct io_uring_sqe *sqe = shard_sqe(c->shard);
+			io_uring_prep_nop(sqe);
+			io_uring_sqe_set_data64(sqe, ring_tag(OP_CLIENT_SEND, c));
+			c->inflight++;
+		}
+		return;
+	}
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
 	io_uring_prep_sendmsg(sqe, c->fd, &c->out.msg, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, ring_tag(OP_CLIENT_SEND, c));
@@ -303,6 +361,28 @@ void client_on_send(struct client *c, int res)
 {
 	struct shard *s = c->shard;
 	c->inflight--;
+	if (c->tls) {
+		client_tls_sent(c, res);
+		if (c->state != CLIENT_CLOSING && res >= 0) {
+			if (c->tls->phase == TLS_DEAD) {
+				client_abort(c);    /* a fatal alert went out */
+				client_maybe_free(c);
+				return;
+			}
+			if (c->tls->phase == TLS_HANDSHAKE) {
+				if (client_tls_handshake(c))
+					client_process(c);
+				else
+					client_post_recv(c);
+				client_maybe_free(c);
+				return;
+			}
+			if (!c->out.posted || !client_tls_flush(c)) {
+				client_maybe_free(c);
+				return;
+			}
+		}
+	}
 	c->out.posted = false;
 	if (c->state == CLIENT_CLOSING || res < 0) {
 		if (c->out.bid >= 0)
@@ -313,10 +393,17 @@ void client_on_send(struct client *c, int res)
 		client_maybe_free(c);
 		return;
 	}
-	if (!sendq_advance(&c->out, (size_t)res)) {
+	if (!c->tls && !sendq_advance(&c->out, (size_t)res)) {
 		client_post_send(c);
 		return;
 	}
+	client_sent_all(c);
+}
+
+/* The reply piece queued by client_sendv() is out. */
+static void client_sent_all(struct client *c)
+{
+	struct shard *s = c->shard;
 	timer_cancel(&s->timers, &c->timer);
 	if (c->out.bid >= 0) {
 		ring_buf_return(&s->ring, c->out.bid);
@@ -338,7 +425,7 @@ void client_reply_done(struct client *c)
 	}
 	c->state = CLIENT_IDLE;
 	shard_timer_arm(s, &c->timer, TIMER_CLIENT_IDLE, s->cfg->limits.idle_timeout_ms);
-	if (c->in.bid >= 0)
+	if (c->in.bid >= 0 || c->plain.bid >= 0)
 		client_process(c);    /* a pipelined request is waiting */
 	else
 		client_post_recv(c);
@@ -361,6 +448,7 @@ void client_on_timer(struct client *c)
 		return;
 	case TIMER_CLIENT_IDLE:
 	case TIMER_CLIENT_SEND:
+	case TIMER_CLIENT_HANDSHAKE:
 	default:
 		(void)s;
 		client_abort(c);

@@ -10,7 +10,8 @@
 
 #include "net/conn_types.h"
 
-void client_accept(struct shard *s, int fd);
+/* A new connection from a listener; tls: its server configuration, or NULL. */
+void client_accept(struct shard *s, int fd, struct tls_conf *tls);
 void client_on_recv(struct client *c, int res, uint32_t cqe_flags);
 void client_on_send(struct client *c, int res);
 void client_on_timer(struct client *c);

@@ -23,6 +23,8 @@
 
 struct shard;
 struct exchange;
+struct tls_conn;
+struct tls_conf;
 struct cfg_hold;
 struct budget_scope;
 struct run;
@@ -32,6 +34,7 @@ enum timer_kind {
 	TIMER_CLIENT_BODY,        /* end of head -> end of body */
 	TIMER_CLIENT_IDLE,        /* keep-alive wait */
 	TIMER_CLIENT_SEND,        /* client not reading our reply */
+	TIMER_CLIENT_HANDSHAKE,   /* TLS: accept -> handshake done */
 	TIMER_UPSTREAM_CONNECT = 16,
 	TIMER_UPSTREAM_FIRST_BYTE,
 	TIMER_UPSTREAM_IDLE,      /* silence in the middle of a reply */
@@ -85,10 +88,15 @@ struct client {
 	char auth_secret[CLIENT_AUTH_CACHE];
 	struct client *prev, *next;   /* the shard's live list, or free list */
 	struct client *next_starved;
+	/* A TLS listener's connection: `in` holds ciphertext until mbedTLS has
+	 * read it, and decrypted bytes wait in `plain` until parsed. */
+	struct tls_conn *tls;
+	struct stash plain;       /* a BUFS_PLAIN buffer */
 };
 
 enum upstream_state {
 	UP_CONNECTING,
+	UP_HANDSHAKE,             /* https: TLS handshake (under the connect timeout) */
 	UP_BUSY,                  /* owned by an exchange */
 	UP_IDLE,                  /* in its provider's keep-alive pool */
 	UP_CLOSING,
@@ -108,6 +116,9 @@ struct upstream {
 	struct exchange *ex;
 	struct upstream *next;    /* pool or free list */
 	struct upstream *next_starved;
+	/* https: the session; ciphertext in `in` until mbedTLS has read it */
+	struct tls_conn *tls;
+	struct stash in;
 };
 
 enum exchange_state {

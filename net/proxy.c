@@ -106,8 +106,7 @@ static void exchange_put(struct shard *s, struct exchange *ex)
 				break;
 			}
 		}
-		config_unref(hold->cfg);
-		free(hold);
+		shard_hold_free(hold);
 	}
 	s->ex_live--;
 	/* Keep a warm pool, but give a burst's worth back: idle keep-alive
@@ -750,6 +749,18 @@ void proxy_upstream_closed(struct exchange *ex, int err)
 	reply_problem(ex, 502, "upstream_failed",
 		      ex->state == EX_CONNECT ? "cannot connect to the provider" :
 		      "the provider closed the connection without a complete reply");
+}
+
+void proxy_upstream_tls_failed(struct exchange *ex, const char *when, const char *why)
+{
+	log_warn("provider %s: TLS %s failed: %s", ex->provider->name, when, why);
+	if (ex->state != EX_CONNECT) {
+		proxy_upstream_closed(ex, -EPROTO);
+		return;
+	}
+	char detail[400];
+	snprintf(detail, sizeof(detail), "TLS with the provider failed: %s", why);
+	reply_problem(ex, 502, "upstream_tls_failed", detail);
 }
 
 void proxy_upstream_timeout(struct exchange *ex, uint8_t kind)

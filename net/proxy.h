@@ -25,6 +25,10 @@ void proxy_upstream_sent(struct exchange *ex);
 void proxy_upstream_data(struct exchange *ex, const char *data, size_t len, int32_t bid);
 void proxy_upstream_closed(struct exchange *ex, int err); /* EOF (0) or -errno */
 void proxy_upstream_timeout(struct exchange *ex, uint8_t kind);
+/* TLS to the provider failed (`when`: handshake, read, write; `why`: one
+ * line, e.g. the certificate check that failed): 502 upstream_tls_failed
+ * before the reply started, else as a lost connection. */
+void proxy_upstream_tls_failed(struct exchange *ex, const char *when, const char *why);
 
 /* Local replies (net/reply.c). */
 void reply_problem(struct exchange *ex, unsigned status, const char *code,

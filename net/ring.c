@@ -61,6 +61,38 @@ int ring_add_bufs(struct ring *r, enum ring_group group, uint32_t count, uint32_
 	return 0;
 }
 
+int ring_add_user_bufs(struct ring *r, enum ring_group group, uint32_t count, uint32_t size)
+{
+	struct ring_bufs *g = &r->groups[group];
+	if (count > 65536)
+		return -EINVAL;
+	g->count = count;
+	g->size = size;
+	g->mem = mmap(NULL, (size_t)count * size, PROT_READ | PROT_WRITE,
+		      MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
+	g->free_ids = malloc(sizeof(*g->free_ids) * count);
+	if (g->mem == MAP_FAILED || !g->free_ids) {
+		if (g->mem != MAP_FAILED)
+			munmap(g->mem, (size_t)count * size);
+		g->mem = NULL;
+		return -ENOMEM;
+	}
+	/* lowest ids on top: a quiet shard keeps touching the same pages */
+	for (uint32_t i = 0; i < count; i++)
+		g->free_ids[i] = (uint16_t)(count - 1 - i);
+	g->n_free = count;
+	return 0;
+}
+
+int32_t ring_buf_get(struct ring *r, enum ring_group group)
+{
+	struct ring_bufs *g = &r->groups[group];
+	if (!g->n_free)
+		return RING_NO_BUF;
+	g->out++;
+	return (int32_t)((uint32_t)group << 16 | g->free_ids[--g->n_free]);
+}
+
 void ring_exit(struct ring *r)
 {
 	io_uring_queue_exit(&r->uring);
@@ -70,6 +102,7 @@ void ring_exit(struct ring *r)
 			munmap(g->br, sizeof(struct io_uring_buf) * g->count);
 		if (g->mem)
 			munmap(g->mem, (size_t)g->count * g->size);
+		free(g->free_ids);
 	}
 }
 
@@ -108,6 +141,11 @@ void ring_buf_return(struct ring *r, int32_t ref)
 {
 	struct ring_bufs *g = &r->groups[ref >> 16];
 	uint16_t bid = (uint16_t)(ref & 0xffff);
+	if (!g->br) {
+		g->free_ids[g->n_free++] = bid;
+		g->out--;
+		return;
+	}
 	io_uring_buf_ring_add(g->br, g->mem + (size_t)bid * g->size, g->size, bid,
 			      io_uring_buf_ring_mask(g->count), 0);
 	io_uring_buf_ring_advance(g->br, 1);

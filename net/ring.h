@@ -23,6 +23,7 @@ enum ring_op {
 	OP_WAKE,            /* read on the shard's eventfd: messages */
 	OP_LEDGER_SYNC,     /* a ledger batch's fsync (fsync: always; ledger/writer.c) */
 	OP_LEDGER_TICK,     /* a periodic fsync (fsync: batch) */
+	OP_UPSTREAM_TLS,    /* a no-op: decrypt what a provider's TLS session holds */
 };
 
 static inline uint64_t ring_tag(enum ring_op op, const void *ptr)
@@ -41,13 +42,23 @@ static inline void *ring_tag_ptr(uint64_t ud)
  * separate groups: bytes an agent sends ahead (pipelining) may pin agent
  * buffers, but can never leave a reply unreadable for want of a buffer.
  */
-enum ring_group { BUFS_CLIENT = 1, BUFS_UPSTREAM = 2, RING_GROUPS = 3 };
+enum ring_group { BUFS_CLIENT = 1, BUFS_UPSTREAM = 2, BUFS_PLAIN = 3, RING_GROUPS = 4 };
 
+/*
+ * BUFS_PLAIN is never given to the kernel: it holds decrypted TLS records
+ * (a recv's provided buffer holds the ciphertext). Its buffers are taken
+ * with ring_buf_get() from a free stack and referenced, relayed and
+ * returned exactly like provided buffers, so the relay does not care
+ * whether a connection is encrypted. Its memory is reserved, not touched,
+ * until used.
+ */
 struct ring_bufs {
-	struct io_uring_buf_ring *br;
+	struct io_uring_buf_ring *br;   /* NULL: a user-space group (BUFS_PLAIN) */
 	unsigned char *mem;
 	uint32_t size, count;
 	uint32_t out;              /* handed to us by the kernel, not yet returned */
+	uint16_t *free_ids;        /* user-space group: free buffer ids (a stack) */
+	uint32_t n_free;
 };
 
 struct ring {
@@ -64,6 +75,10 @@ struct ring {
 int ring_init(struct ring *r, uint32_t entries);
 /* Registers `count` (a power of two) buffers of `size` bytes as `group`. */
 int ring_add_bufs(struct ring *r, enum ring_group group, uint32_t count, uint32_t size);
+/* Sets up a user-space group of `count` (<= 65536) buffers. */
+int ring_add_user_bufs(struct ring *r, enum ring_group group, uint32_t count, uint32_t size);
+/* A free buffer of a user-space group, or RING_NO_BUF. */
+int32_t ring_buf_get(struct ring *r, enum ring_group group);
 void ring_exit(struct ring *r);
 
 /* A free SQE; submits what is queued to make room if the SQ is full. */

@@ -24,6 +24,8 @@
 #include "core/shard.h"
 #include "net/proxy.h"
 #include "net/sendq.h"
+#include "net/upstream_tls.h"
+#include "tls/tls.h"
 
 static void upstream_free(struct upstream *u)
 {
@@ -36,6 +38,8 @@ static void upstream_free(struct upstream *u)
 static void upstream_maybe_free(struct upstream *u)
 {
 	if (u->state == UP_CLOSING && u->inflight == 0) {
+		if (u->tls || u->in.bid >= 0)
+			upstream_tls_end(u);   /* nothing in flight uses its buffers */
 		close(u->fd);
 		upstream_free(u);
 	}
@@ -97,6 +101,19 @@ void upstream_recv(struct upstream *u)
 {
 	if (u->recv_posted || u->state == UP_CLOSING)
 		return;
+	if (u->tls && tls_conn_pending(u->tls)) {
+		/* bytes already here: deliver them from the next completion,
+		 * not from inside the caller; a handshake waiting for its own
+		 * send goes on when that send completes */
+		if (u->state == UP_HANDSHAKE && u->tls->send_posted)
+			return;
+		struct io_uring_sqe *sqe = shard_sqe(u->shard);
+		io_uring_prep_nop(sqe);
+		io_uring_sqe_set_data64(sqe, ring_tag(OP_UPSTREAM_TLS, u));
+		u->recv_posted = true;
+		u->inflight++;
+		return;
+	}
 	struct io_uring_sqe *sqe = shard_sqe(u->shard);
 	ring_prep_recv(&u->shard->ring, sqe, u->fd, BUFS_UPSTREAM);
 	io_uring_sqe_set_data64(sqe, ring_tag(OP_UPSTREAM_RECV, u));
@@ -134,6 +151,7 @@ static void upstream_connect(struct exchange *ex)
 	memset(u, 0, sizeof(*u));
 	u->shard = s;
 	u->fd = fd;
+	u->in.bid = -1;
 	u->state = UP_CONNECTING;
 	u->provider = p->index;
 	u->generation = ex->cfg->generation;
@@ -188,6 +206,17 @@ void upstream_on_connect(struct upstream *u, int res)
 		upstream_fail(u, res);
 		return;
 	}
+	struct tls_conf *tls = ex->hold->provider_tls[ex->provider->index];
+	if (tls) {
+		/* https: ready once the handshake is done (upstream_tls.c),
+		 * still under the connect timeout */
+		if (!upstream_tls_start(u, tls)) {
+			upstream_fail(u, -ENOMEM);
+			return;
+		}
+		upstream_tls_received(u);   /* nothing received: sends the ClientHello */
+		return;
+	}
 	u->state = UP_BUSY;
 	timer_cancel(&u->shard->timers, &u->timer);
 	upstream_recv(u);
@@ -206,13 +235,28 @@ static void upstream_post_send(struct upstream *u)
 void upstream_send(struct upstream *u, const struct iovec *iov, int n)
 {
 	sendq_set(&u->out, iov, n);
+	if (u->tls) {
+		u->out.posted = true;
+		upstream_tls_flush(u);
+		return;
+	}
 	upstream_post_send(u);
 }
-
 
 void upstream_on_send(struct upstream *u, int res)
 {
 	u->inflight--;
+	if (u->tls) {
+		if (u->state == UP_CLOSING) {
+			upstream_maybe_free(u);
+		} else if (res < 0) {
+			u->out.posted = false;
+			upstream_fail(u, res);
+		} else {
+			upstream_tls_sent(u, res);
+		}
+		return;
+	}
 	u->out.posted = false;
 	if (u->state == UP_CLOSING) {
 		upstream_maybe_free(u);
@@ -235,7 +279,8 @@ void upstream_on_recv(struct upstream *u, int res, uint32_t cqe_flags)
 	u->recv_posted = false;
 	u->inflight--;
 	int32_t bid = ring_buf_take(&s->ring, BUFS_UPSTREAM, cqe_flags);
-	if (u->state != UP_BUSY || res <= 0) {
+	bool live = u->state == UP_BUSY || u->state == UP_HANDSHAKE;
+	if (!live || res <= 0) {
 		if (bid >= 0)
 			ring_buf_return(&s->ring, bid);
 		if (u->state == UP_IDLE) {
@@ -258,8 +303,40 @@ void upstream_on_recv(struct upstream *u, int res, uint32_t cqe_flags)
 		upstream_fail(u, res);
 		return;
 	}
+	if (u->tls) {
+		u->in = (struct stash){ .bid = bid, .off = 0, .len = (uint32_t)res };
+		upstream_tls_received(u);
+		return;
+	}
 	const char *data = (const char *)ring_buf_ptr(&s->ring, bid);
 	proxy_upstream_data(u->ex, data, (size_t)res, bid);
+}
+
+void upstream_on_tls_pending(struct upstream *u)
+{
+	u->recv_posted = false;
+	u->inflight--;
+	if (u->state == UP_CLOSING) {
+		upstream_maybe_free(u);
+		return;
+	}
+	if (u->state == UP_IDLE) {
+		/* a pooled connection with bytes nobody asked for */
+		pool_remove(u->shard, u);
+		upstream_close(u);
+		return;
+	}
+	upstream_tls_pending(u);
+}
+
+void upstream_on_eof(struct upstream *u)
+{
+	if (u->state == UP_IDLE) {
+		pool_remove(u->shard, u);
+		upstream_close(u);
+		return;
+	}
+	upstream_fail(u, 0);
 }
 
 void upstream_release(struct upstream *u, bool reusable)

@@ -29,5 +29,9 @@ void upstream_on_send(struct upstream *u, int res);
 void upstream_on_recv(struct upstream *u, int res, uint32_t cqe_flags);
 void upstream_on_timer(struct upstream *u);
 void upstream_retry_recv(struct upstream *u);
+/* A TLS session holds bytes still to decrypt (OP_UPSTREAM_TLS). */
+void upstream_on_tls_pending(struct upstream *u);
+/* The provider ended the connection (EOF, or TLS close_notify). */
+void upstream_on_eof(struct upstream *u);
 
 #endif

@@ -5,7 +5,7 @@
 set -eu
 level=${1:-build}
 build_pkgs="gcc make pkg-config liburing-dev libmbedtls-dev libjemalloc-dev libfyaml-dev libxxhash-dev libhttp-parser-dev"
-test_pkgs="python3 curl clang libclang-rt-14-dev"
+test_pkgs="python3 curl openssl ca-certificates clang libclang-rt-14-dev"
 bench_pkgs="wrk nginx-light haproxy nghttp2-client"
 want=$build_pkgs
 case $level in
