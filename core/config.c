@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <xxhash.h>
 
 #include "core/arena.h"
@@ -297,6 +298,13 @@ static int read_pem(struct loader *ld, int line, const char *path,
 	FILE *f = fopen(full, "rb");
 	if (!f) {
 		load_error(ld, line, "cannot open %s: %s", full, strerror(errno));
+		return -EINVAL;
+	}
+	struct stat st;
+	if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {
+		/* never block on a fifo or read a device */
+		load_error(ld, line, "%s: not a regular file", full);
+		fclose(f);
 		return -EINVAL;
 	}
 	char *buf = malloc(PEM_MAX_BYTES + 1);
