@@ -393,6 +393,15 @@ def conns_section(result):
                   "RSS KiB: before / open / idle / after round 2"], "rrrrrr", rows)
 
 
+def read_tls(work):
+    try:
+        lines = [ln for ln in open(os.path.join(work, "raw", "tls.json"))
+                 if ln.strip().startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+
+
 def read_streams(work):
     try:
         lines = [ln for ln in open(os.path.join(work, "raw", "streams.json"))
@@ -413,6 +422,31 @@ def streams_section(r, rc):
     return table(["streams at once", "ok / errors", "stream s: min / p50 / p99 / max",
                   "tollgate CPU s", "CPU µs per event", "core busy %", "peak RSS KiB",
                   "RSS bytes per stream", "alive"], "rrrrrrrrl", rows)
+
+
+def tls_section(r, rc):
+    """bench/tls.py: HTTPS keep-alive and full handshakes, tollgate vs nginx."""
+    if r is None:
+        return f"No result: bench/tls.py exited {rc}."
+    t = r["targets"]
+    ng = t.get("nginx", {})
+    rows = []
+    for name in ("nginx", "tollgate-relay", "tollgate"):
+        if name not in t:
+            continue
+        x = t[name]
+        ka, hs = x["keepalive"], x["handshake"]
+        ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
+        rows.append([name, f"{x['negotiated']['suite']} / {x['negotiated']['kx']}",
+                     f"{ka['rps']:,.0f}", ratio(ka["rps"], ng.get("keepalive", {}).get("rps")),
+                     f"{ka['cpu_us_per_req']:.1f}",
+                     ratio(ka["cpu_us_per_req"], ng.get("keepalive", {}).get("cpu_us_per_req")),
+                     f"{hs['rps']:,.0f}", f"{hs['cpu_us_per_req']:.0f}",
+                     ratio(hs["cpu_us_per_req"], ng.get("handshake", {}).get("cpu_us_per_req")),
+                     f"{ka['errors'] + hs['errors']}"])
+    return table(["target", "suite / key exchange", "keep-alive req/s", "vs nginx",
+                  "CPU µs/req", "vs nginx", "full handshakes/s", "CPU µs/handshake", "vs nginx",
+                  "errors"], "llrrrrrrrr", rows)
 
 
 def steal_percent(meta):
@@ -523,6 +557,20 @@ def render(meta, summary, rows, facts, all_flags, warnings, conns):
           "tollgate's CPU time before and after.")
         w("")
         w(streams_section(read_streams(meta["_work"]), meta["streams_rc"]))
+        w("")
+    if "tls_rc" in meta:
+        w("## HTTPS: tollgate (mbedTLS 2.28) vs nginx (OpenSSL) (bench/tls.py)")
+        w("")
+        w("`bench/tls.py` starts its own mockllm (CPU 1, plain), nginx and two tollgates (one "
+          "worker each, CPU 0) that terminate TLS with the same ECDSA P-256 certificate and suite "
+          "and relay to mockllm; wrk runs on CPU 1. Keep-alive: 50 connections, the non-streaming "
+          "workload. Handshakes: 20 connections, `Connection: close` on a reply the proxy makes "
+          "itself, so every request is a full handshake (wrk keeps no sessions). Medians over "
+          "runs; CPU is the proxy's. Target: keep-alive req/s at least 0.9x nginx's. Req/s is "
+          "capped by CPU 1, which wrk's own TLS and mockllm share, so CPU µs/req shows the cost "
+          "more sharply.")
+        w("")
+        w(tls_section(read_tls(meta["_work"]), meta["tls_rc"]))
         w("")
     ledger = read_json(os.path.join(meta["_work"], "raw", "ledger.json"))
     if ledger:

@@ -12,7 +12,8 @@
 # requests wrk completed: the proxy's CPU µs per request, the headline
 # figure. A second phase offers a fixed 1,000 req/s with h2load and records
 # each request's latency; a third runs bench/conns.py (10,000 keep-alive
-# connections on one tollgate worker). bench/report.py turns the raw outputs into the
+# connections on one tollgate worker) and bench/streams.py; a fourth,
+# bench/tls.py, compares HTTPS keep-alive and handshakes with nginx. bench/report.py turns the raw outputs into the
 # tables printed here and written to bench/RESULTS.md, medians over the runs.
 #
 # Exit status: 0 when every measurement ran clean; 1 when any target
@@ -466,6 +467,9 @@ if [ $conns_phase = 1 ]; then
 	# worker; 1,000 with --quick.
 	py_phase streams --streams $([ $quick = 1 ] && echo 1000 || echo 5000)
 fi
+# HTTPS on the agent side: tollgate vs nginx, same certificate and suite.
+py_phase tls --runs "$runs" --duration "$duration"
+
 
 # The budget engine alone: ns per reserve+commit (bench/budget_micro.c).
 log "budget engine microbenchmark"

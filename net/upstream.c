@@ -214,7 +214,7 @@ void upstream_on_connect(struct upstream *u, int res)
 			upstream_fail(u, -ENOMEM);
 			return;
 		}
-		upstream_tls_received(u);   /* nothing received: sends the ClientHello */
+		upstream_tls_begin(u);
 		return;
 	}
 	u->state = UP_BUSY;

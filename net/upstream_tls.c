@@ -113,6 +113,11 @@ static void deliver(struct upstream *u)
 	proxy_upstream_data(u->ex, data, plain.len, plain.bid);
 }
 
+void upstream_tls_begin(struct upstream *u)
+{
+	handshake(u);   /* nothing received yet: sends the ClientHello */
+}
+
 void upstream_tls_received(struct upstream *u)
 {
 	tls_io_received(u->shard, u->tls, &u->in);

@@ -12,6 +12,8 @@
 /* Starts the handshake on a connected socket; false: out of memory. */
 bool upstream_tls_start(struct upstream *u, struct tls_conf *conf);
 void upstream_tls_end(struct upstream *u);
+/* Sends the ClientHello (after upstream_tls_start). */
+void upstream_tls_begin(struct upstream *u);
 /* Ciphertext arrived in u->in: handshake or decrypt and hand the reply's
  * bytes to the proxy. */
 void upstream_tls_received(struct upstream *u);
