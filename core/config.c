@@ -425,11 +425,27 @@ static const struct field admin_fields[] = {
 	ROW("token_env", F_STR, struct config, admin_token_env, 0, 0),
 };
 
+#define ADMIN_TOKEN_MIN 16
+
 static int section_admin(struct loader *ld, struct fy_node *k,
 			 struct fy_node *v, void *obj)
 {
-	return read_mapping(ld, k, v, admin_fields, ARRAY_SIZE(admin_fields),
-			    ld->cfg, "admin");
+	struct config *cfg = ld->cfg;
+	if (read_mapping(ld, k, v, admin_fields, ARRAY_SIZE(admin_fields), cfg, "admin"))
+		return -EINVAL;
+	if (!cfg->has_admin || !cfg->admin_token_env) {
+		load_error(ld, node_line(k), "admin: needs addr and token_env");
+		return -EINVAL;
+	}
+	/* no token, no admin API: it can freeze every budget */
+	const char *token = getenv(cfg->admin_token_env);
+	if (!token || strlen(token) < ADMIN_TOKEN_MIN) {
+		load_error(ld, node_line(k), "admin.token_env: $%s must hold a token of at least "
+			   "%d characters", cfg->admin_token_env, ADMIN_TOKEN_MIN);
+		return -EINVAL;
+	}
+	cfg->admin_token = arena_strndup(ld->arena, token, strlen(token));
+	return 0;
 }
 
 /* ---- workers ---- */

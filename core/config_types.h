@@ -189,6 +189,7 @@ struct config {
 	struct cfg_addr admin_addr;
 	bool has_admin;
 	const char *admin_token_env;
+	const char *admin_token;     /* its value at load (>= 16 bytes) */
 	int workers;                 /* 0: auto (online CPUs) */
 	bool pin;
 	uint32_t drain_timeout_ms;

@@ -30,6 +30,7 @@
 #include "core/budget_book.h"
 #include "core/config.h"
 #include "core/defs.h"
+#include "core/freeze.h"
 #include "core/grants.h"
 #include "core/log.h"
 #include "core/runs.h"
@@ -239,6 +240,24 @@ static void *sweeper_main(void *arg)
 	return NULL;
 }
 
+/* The kill switch survives restarts: the ledger's freeze and unfreeze
+ * records, in time order, rebuild the table. */
+static void restore_freezes(struct freeze_table *t, const struct ledger_replay *rp)
+{
+	uint32_t frozen = 0;
+	for (size_t i = 0; i < rp->n_freezes; i++) {
+		const struct ledger_freeze_event *e = &rp->freezes[i];
+		if (e->frozen)
+			freeze_set(t, (enum freeze_kind)e->scope, e->id, strlen(e->id), e->reason,
+				   e->time_ms / 1000);
+		else
+			freeze_clear(t, (enum freeze_kind)e->scope, e->id, strlen(e->id));
+	}
+	frozen = atomic_load(&t->count);
+	if (frozen)
+		log_warn("ledger: %u scopes are frozen (the kill switch): GET /admin/freezes", frozen);
+}
+
 int main(int argc, char **argv)
 {
 	struct options opt;
@@ -286,13 +305,18 @@ int main(int argc, char **argv)
 		log_warn("TOLLGATE_TEST_CLOCK_FILE is set: budget windows follow %s", clock_file);
 		read_clock_file(clock_file, &clock_offset_s);
 	}
-	/* the ledger rebuilds spend before anything can be spent */
+	/* the ledger rebuilds spend (and frozen scopes) before anything can
+	 * be spent */
 	struct ledger_set ledger = { .dir_fd = -1 };
 	struct shard *shards = NULL;
+	struct freeze_table *freeze = freeze_new();
+	if (!freeze)
+		goto fail;
 	if (cfg->ledger.dir && ledger_start(&ledger, cfg, (uint32_t)workers,
 					    time(NULL) + atomic_load(&clock_offset_s),
 					    opt.ledger_repair))
 		goto fail;
+	restore_freezes(freeze, &ledger.replay);
 	shards = calloc((size_t)workers, sizeof(*shards));
 	if (!shards)
 		goto fail;
@@ -312,6 +336,9 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < workers; i++) {
 		shards[i].clock_offset_s = &clock_offset_s;
+		shards[i].freeze = freeze;
+		shards[i].all = shards;
+		shards[i].n_all = workers;
 		if (ledger.n) {
 			shards[i].ledger = &ledger.writers[i];
 			shards[i].decisions = ledger_first_decision(&ledger, (uint32_t)i);
@@ -376,11 +403,13 @@ int main(int argc, char **argv)
 	free(ledger_dir);
 	alerts_stop(alerts);
 	budget_book_free(book);
+	freeze_free(freeze);
 	log_info("stopped");
 	return code;
 
 fail:   /* nothing runs yet: undo it all, so even a leak-checking build exits 2 */
 	free(shards);
+	freeze_free(freeze);
 	ledger_stop(&ledger);
 	config_unref(cfg);
 	budget_book_free(book);

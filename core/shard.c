@@ -156,16 +156,23 @@ int shard_init(struct shard *s, int id, int cpu, struct config *cfg,
 	int rc = timer_heap_init(&s->timers, cfg->limits.max_connections * 3 + 1024);
 	if (rc || (rc = pools_alloc(s)))
 		return rc;
-	s->listen_fds = calloc(cfg->n_listen, sizeof(int));
+	s->listen_fds = calloc(cfg->n_listen + 1, sizeof(int));
 	if (!s->listen_fds)
 		return -ENOMEM;
-	for (uint32_t i = 0; i < cfg->n_listen; i++) {
-		int fd = listen_socket(&cfg->listen[i].addr);
+	s->admin_listener = -1;
+	for (uint32_t i = 0; i <= cfg->n_listen; i++) {
+		/* the agents' listeners, then admin.addr (the admin API) */
+		const struct cfg_addr *a = i < cfg->n_listen ? &cfg->listen[i].addr :
+					   cfg->has_admin ? &cfg->admin_addr : NULL;
+		if (!a)
+			break;
+		int fd = listen_socket(a);
 		if (fd < 0) {
-			log_error("cannot listen on %s: %s", cfg->listen[i].addr.text,
-				  strerror(-fd));
+			log_error("cannot listen on %s: %s", a->text, strerror(-fd));
 			return fd;
 		}
+		if (i == cfg->n_listen)
+			s->admin_listener = (int)s->n_listen;
 		s->listen_fds[s->n_listen++] = fd;
 	}
 	return shard_tls_listeners(s);
@@ -237,6 +244,8 @@ static void shard_on_wake(struct shard *s)
 		shard_reload(s);
 	if (cmd & SHARD_CMD_DRAIN)
 		shard_drain(s);
+	if (cmd & SHARD_CMD_FREEZE)
+		client_freeze_sweep(s);
 	post_wake_read(s);
 }
 
@@ -258,8 +267,9 @@ void shard_post(struct shard *s, enum shard_cmd cmd, struct config *cfg)
 static void on_accept(struct shard *s, struct io_uring_cqe *cqe)
 {
 	int *fdp = ring_tag_ptr(cqe->user_data);
+	int i = (int)(fdp - s->listen_fds);
 	if (cqe->res >= 0) {
-		client_accept(s, cqe->res, s->listen_tls[fdp - s->listen_fds]);
+		client_accept(s, cqe->res, s->listen_tls[i], i == s->admin_listener);
 	} else if (cqe->res != -ECANCELED) {
 		log_warn("accept: %s", strerror(-cqe->res));
 	}

@@ -24,7 +24,7 @@ int shard_tls_listeners(struct shard *s)
 	s->listen_tls = calloc(s->n_listen ? s->n_listen : 1, sizeof(*s->listen_tls));
 	if (!s->listen_tls)
 		return -ENOMEM;
-	for (uint32_t i = 0; i < s->n_listen; i++) {
+	for (uint32_t i = 0; i < s->n_listen && i < s->cfg->n_listen; i++) {
 		const struct cfg_listen *l = &s->cfg->listen[i];
 		if (l->tls_cert_pem && !(s->listen_tls[i] = listener_conf(s, l)))
 			return -EINVAL;
@@ -34,7 +34,8 @@ int shard_tls_listeners(struct shard *s)
 
 void shard_tls_reload(struct shard *s, const struct config *next)
 {
-	for (uint32_t i = 0; i < s->n_listen && i < next->n_listen; i++) {
+	for (uint32_t i = 0; i < s->n_listen && i < next->n_listen && (int)i != s->admin_listener;
+	     i++) {
 		const struct cfg_listen *l = &next->listen[i];
 		if (!s->listen_tls[i] && !l->tls_cert_pem)
 			continue;

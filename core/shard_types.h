@@ -30,6 +30,15 @@ struct shard_stats {
 	uint64_t upstream_reuses;
 	uint64_t errors_4xx, errors_5xx;
 	uint64_t refused_no_memory;      /* pool empty: 503 or closed */
+	/* metered streams (net/stream.c): the meter's counts against the
+	 * provider's own, exported by GET /metrics */
+	uint64_t streams_with_usage, streams_without_usage;
+	uint64_t stream_tokens_reported;     /* the provider's output count */
+	uint64_t stream_tokens_upper;        /* our upper bound, same streams */
+	uint64_t stream_tokens_lower;        /* our lower bound, same streams */
+	uint64_t stream_bound_misses;        /* reported outside [lower, upper] */
+	uint64_t stream_cuts, stream_cuts_frozen;
+	uint64_t refused_frozen;             /* calls refused 423 frozen */
 };
 
 /* A provider's idle keep-alive connections (LIFO: warmest first). */
@@ -52,7 +61,10 @@ struct cfg_hold {
 enum shard_cmd {
 	SHARD_CMD_RELOAD = 1u << 0,      /* swap to next_cfg */
 	SHARD_CMD_DRAIN = 1u << 1,       /* stop accepting, finish, exit */
+	SHARD_CMD_FREEZE = 1u << 2,      /* a scope was frozen: cut its streams now */
 };
+
+struct freeze_table;
 
 struct shard {
 	/* --- owner-only --- */
@@ -69,6 +81,10 @@ struct shard {
 	struct timer_heap timers;
 	int *listen_fds;
 	uint32_t n_listen;
+	int admin_listener;              /* index in listen_fds of admin.addr, -1: none */
+	struct freeze_table *freeze;     /* the kill switch (core/freeze.h), shared */
+	struct shard *all;               /* every shard, for the admin API's totals */
+	int n_all;
 	struct tls_conf **listen_tls;    /* per listener: server configuration, NULL: plain */
 	struct tls_shard tls;            /* DRBG and ticket keys */
 

@@ -97,7 +97,7 @@ int ledger_start(struct ledger_set *ls, struct config *cfg, uint32_t n_shards, i
 		 (unsigned long long)r->commits, usd, r->runs_restored, r->grants_restored,
 		 r->grants_closed, (unsigned long long)r->expired,
 		 (unsigned long long)r->truncated_bytes);
-	ledger_replay_free(&ls->replay);
+	ledger_replay_free_pending(&ls->replay);
 	return 0;
 }
 

@@ -281,6 +281,45 @@ static void note_outcome(struct replay_ctx *x, const struct ledger_rec *r)
 	x->orphans[bucket(r->decision)] = o;
 }
 
+/* Keeps a freeze or unfreeze record for the caller (sorted at the end:
+ * shards' segments are read one shard after another). */
+static void note_freeze(struct replay_ctx *x, const struct ledger_rec *r)
+{
+	struct ledger_replay *o = x->out;
+	int scope = -1;
+	for (int f = LF_RUN; f <= LF_ORG && scope < 0; f++)
+		if (r->f[f].len)
+			scope = f - LF_RUN;
+	if (scope < 0)
+		return;
+	if (o->n_freezes == o->cap_freezes) {
+		size_t cap = o->cap_freezes ? o->cap_freezes * 2 : 16;
+		void *p = realloc(o->freezes, cap * sizeof(*o->freezes));
+		if (!p) {
+			x->error = -ENOMEM;
+			return;
+		}
+		o->freezes = p;
+		o->cap_freezes = cap;
+	}
+	struct ledger_freeze_event *e = &o->freezes[o->n_freezes];
+	*e = (struct ledger_freeze_event){ .time_ms = r->time_ms, .seq = o->n_freezes,
+					   .scope = (uint8_t)scope,
+					   .frozen = r->kind == LEDGER_FREEZE };
+	const struct ledger_text *id = &r->f[LF_RUN + scope], *why = &r->f[LF_CODE];
+	snprintf(e->id, sizeof(e->id), "%.*s", (int)id->len, id->p);
+	snprintf(e->reason, sizeof(e->reason), "%.*s", (int)why->len, why->p);
+	o->n_freezes++;
+}
+
+static int freeze_order(const void *a, const void *b)
+{
+	const struct ledger_freeze_event *x = a, *y = b;
+	if (x->time_ms != y->time_ms)
+		return x->time_ms < y->time_ms ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
 static int apply(const struct ledger_rec *r, size_t off, void *arg)
 {
 	struct replay_ctx *x = arg;
@@ -316,6 +355,10 @@ static int apply(const struct ledger_rec *r, size_t off, void *arg)
 	case LEDGER_GRANT_CLOSE:   /* the parent run spent what the grant did */
 		run_touch(x, r, r->usd);
 		grant_index_note(&x->grants, r);
+		break;
+	case LEDGER_FREEZE:
+	case LEDGER_UNFREEZE:
+		note_freeze(x, r);
 		break;
 	default:
 		break;
@@ -582,6 +625,7 @@ int ledger_replay(int dir_fd, struct config *cfg, uint32_t n_shards, int64_t now
 		rc = replay_segment(dir_fd, &segs[i], repair, &x);
 	free(segs);
 	if (!rc) {
+		qsort(out->freezes, out->n_freezes, sizeof(*out->freezes), freeze_order);
 		expire_orphans(&x);
 		restore_grants(&x, true);    /* before runs: their spend goes to the parent */
 		reopen_runs(&x, now_s);
@@ -609,9 +653,17 @@ int ledger_replay_book_pending(struct ledger_replay *rp, struct ledger_writer *w
 	return 0;
 }
 
-void ledger_replay_free(struct ledger_replay *rp)
+void ledger_replay_free_pending(struct ledger_replay *rp)
 {
 	free(rp->pending);
 	rp->pending = NULL;
 	rp->pending_len = rp->pending_cap = 0;
+}
+
+void ledger_replay_free(struct ledger_replay *rp)
+{
+	ledger_replay_free_pending(rp);
+	free(rp->freezes);
+	rp->freezes = NULL;
+	rp->n_freezes = rp->cap_freezes = 0;
 }

@@ -29,6 +29,18 @@
 #include "core/config_types.h"
 #include "ledger/writer.h"
 
+/* A freeze or unfreeze record (the kill switch), for the caller to apply
+ * in order: `scope` is the first of run, key, user, team, org (0..4) the
+ * record names. */
+struct ledger_freeze_event {
+	int64_t time_ms;
+	uint64_t seq;                              /* order read, to break ties */
+	uint8_t scope;
+	bool frozen;
+	char id[129];
+	char reason[257];
+};
+
 struct ledger_replay {
 	uint64_t segments, records, commits;
 	uint64_t expired;                          /* orphan reservations charged */
@@ -40,6 +52,8 @@ struct ledger_replay {
 	uint64_t next_decision[BUDGET_MAX_SHARDS]; /* its next decision counter */
 	char *pending;                             /* encoded records to book at start: */
 	size_t pending_len, pending_cap;           /* expire and grant_close */
+	struct ledger_freeze_event *freezes;       /* sorted by time */
+	size_t n_freezes, cap_freezes;
 };
 
 /*
@@ -55,6 +69,8 @@ int ledger_replay(int dir_fd, struct config *cfg, uint32_t n_shards, int64_t now
  * (writers[0] when that shard no longer runs). 0 or a negative errno. */
 int ledger_replay_book_pending(struct ledger_replay *rp, struct ledger_writer *writers,
 			       uint32_t n);
+/* Frees the booked records (the freeze events stay for the caller). */
+void ledger_replay_free_pending(struct ledger_replay *rp);
 void ledger_replay_free(struct ledger_replay *rp);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include "core/config.h"
 #include "core/decisions.h"
+#include "core/freeze.h"
 #include "core/grants.h"
 #include "core/log.h"
 #include "core/pricing.h"
@@ -199,6 +200,31 @@ bool booking_grant(struct shard *s, const struct config *cfg, const struct grant
 		log_error("ledger: cannot book %s of grant %s: %s", ledger_kind_name(kind), g->t.id,
 			  strerror(-rc));
 	return rc == 0;
+}
+
+_Static_assert(LF_KEY - LF_RUN == FREEZE_KEY && LF_USER - LF_RUN == FREEZE_USER &&
+	       LF_TEAM - LF_RUN == FREEZE_TEAM && LF_ORG - LF_RUN == FREEZE_ORG,
+	       "a freeze record names its scope in the field of its kind");
+
+bool booking_freeze(struct exchange *ex, enum freeze_kind kind, const char *id,
+		    const char *reason, bool frozen)
+{
+	struct shard *s = ex->client->shard;
+	if (!s->ledger)
+		return false;     /* nothing keeps it past a restart */
+	struct ledger_rec r = { .kind = frozen ? LEDGER_FREEZE : LEDGER_UNFREEZE,
+				.time_ms = s->wall_ms };
+	r.f[LF_RUN + kind] = text(id);
+	r.f[LF_CODE] = text(reason);
+	r.f[LF_PRICES] = text(ex->cfg->prices_version);
+	int rc = ledger_append(s->ledger, &r);
+	if (rc) {
+		log_error("ledger: cannot book the %s of %s:%s: %s", frozen ? "freeze" : "unfreeze",
+			  freeze_kind_name(kind), id, strerror(-rc));
+		return false;
+	}
+	ex->ledger_hold = true;    /* the reply ends once it is written */
+	return true;
 }
 
 bool booking_outcome(struct exchange *ex, const struct run *run, const char *outcome)

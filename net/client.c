@@ -28,6 +28,7 @@
 #include "net/http1.h"
 #include "net/proxy.h"
 #include "net/sendq.h"
+#include "net/stream.h"
 
 static void client_post_recv(struct client *c);
 static void client_process(struct client *c);
@@ -92,7 +93,7 @@ void client_abort(struct client *c)
 	client_maybe_free(c);
 }
 
-void client_accept(struct shard *s, int fd, struct tls_conf *tls)
+void client_accept(struct shard *s, int fd, struct tls_conf *tls, bool admin)
 {
 	struct client *c = s->client_free;
 	if (s->n_clients >= s->cfg->limits.max_connections || s->draining) {
@@ -117,6 +118,7 @@ void client_accept(struct shard *s, int fd, struct tls_conf *tls)
 	c->in.bid = -1;
 	c->out.bid = -1;
 	c->plain.bid = -1;
+	c->admin = admin;
 	c->next = s->clients;
 	if (s->clients)
 		s->clients->prev = c;
@@ -454,6 +456,13 @@ void client_on_timer(struct client *c)
 		client_abort(c);
 		return;
 	}
+}
+
+void client_freeze_sweep(struct shard *s)
+{
+	for (struct client *c = s->clients; c; c = c->next)
+		if (c->ex && c->ex->stream)
+			stream_check_freeze(c->ex);
 }
 
 void client_close_idle(struct shard *s)

@@ -11,7 +11,7 @@
 #include "net/conn_types.h"
 
 /* A new connection from a listener; tls: its server configuration, or NULL. */
-void client_accept(struct shard *s, int fd, struct tls_conf *tls);
+void client_accept(struct shard *s, int fd, struct tls_conf *tls, bool admin);
 void client_on_recv(struct client *c, int res, uint32_t cqe_flags);
 void client_on_send(struct client *c, int res);
 void client_on_timer(struct client *c);
@@ -32,6 +32,8 @@ void client_sendv(struct client *c, const struct iovec *iov, int n, int32_t bid)
 void client_reply_done(struct client *c);
 /* Closes at once (reply cannot be completed). */
 void client_abort(struct client *c);
+/* A scope was frozen: cut the streams of this shard it covers. */
+void client_freeze_sweep(struct shard *s);
 /* Drain: close connections that are between requests. */
 void client_close_idle(struct shard *s);
 

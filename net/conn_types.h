@@ -74,6 +74,7 @@ struct client {
 	uint8_t state;            /* enum client_state */
 	bool recv_posted;
 	bool close_after;         /* close once the current reply is sent */
+	bool admin;               /* accepted on admin.addr: the admin API only */
 	uint16_t inflight;
 	struct timer timer;
 	struct stash in;

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/freeze.h"
 #include "core/budget.h"
 #include "core/budget_book.h"
 #include "core/config.h"
@@ -220,6 +221,30 @@ void decide_key_scopes(struct exchange *ex)
 	add_scope(ex, &team->budget, "team", team->name);
 	if (team->parent >= 0)
 		add_scope(ex, &cfg->orgs[team->parent].budget, "org", cfg->orgs[team->parent].name);
+}
+
+bool decide_frozen(const struct exchange *ex, char *out, size_t cap)
+{
+	const struct freeze_table *ft = ex->client->shard->freeze;
+	if (!freeze_any(ft) || !ex->key)
+		return false;
+	const struct config *cfg = ex->cfg;
+	const struct cfg_key *k = ex->key;
+	const struct cfg_principal *team = &cfg->teams[k->team];
+	const char *names[FREEZE_KINDS] = {
+		[FREEZE_RUN] = ex->run ? ex->run->id : NULL,
+		[FREEZE_KEY] = k->id,
+		[FREEZE_USER] = k->user >= 0 ? cfg->users[k->user].name : NULL,
+		[FREEZE_TEAM] = team->name,
+		[FREEZE_ORG] = team->parent >= 0 ? cfg->orgs[team->parent].name : NULL,
+	};
+	for (int i = 0; i < FREEZE_KINDS; i++) {
+		if (names[i] && freeze_has(ft, (enum freeze_kind)i, names[i], strlen(names[i]))) {
+			snprintf(out, cap, "%s:%s", freeze_kind_name((enum freeze_kind)i), names[i]);
+			return true;
+		}
+	}
+	return false;
 }
 
 static void collect_scopes(struct exchange *ex)
@@ -557,6 +582,15 @@ bool decide_request(struct exchange *ex, const struct json_top *top, bool embedd
 	if (!open_run(ex))
 		return false;
 	collect_scopes(ex);
+	char frozen[FREEZE_ID_MAX + 8];
+	if (decide_frozen(ex, frozen, sizeof(frozen))) {
+		char detail[FREEZE_ID_MAX + 64], extra[FREEZE_ID_MAX + 64];
+		snprintf(detail, sizeof(detail), "%s is frozen by an operator", frozen);
+		snprintf(extra, sizeof(extra), ",\"budget\":{\"scope\":\"%s\"}", frozen);
+		ex->client->shard->stats.refused_frozen++;
+		reply_problem_ext(ex, 423, "frozen", detail, extra);
+		return false;
+	}
 	if (!use_grant(ex))
 		return false;
 	/* A stream under run.stream_lease starts with its input and one lease

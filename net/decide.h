@@ -56,4 +56,8 @@ size_t decide_headers(struct exchange *ex, char *out, size_t cap);
  * ceiling_reached", or "grant_exhausted" for a grant. */
 void decide_ceiling_code(const char *scope_kind, char *out, size_t cap);
 
+/* The first of the call's run, key, user, team and org an operator has
+ * frozen (SPEC §6), written "kind:id" into out; false if none. */
+bool decide_frozen(const struct exchange *ex, char *out, size_t cap);
+
 #endif

@@ -32,6 +32,7 @@
 #include "core/log.h"
 #include "ledger/writer.h"
 #include "core/shard.h"
+#include "net/admin_api.h"
 #include "net/client.h"
 #include "net/decide.h"
 #include "net/grants_api.h"
@@ -465,6 +466,10 @@ void proxy_request(struct exchange *ex)
 	size_t path_len = query ? (size_t)(query - url) : h->url.len;
 	unsigned method = ex->req.parser.method;
 
+	if (ex->client->admin) {
+		admin_route(ex, url, path_len, method);
+		return;
+	}
 	if (path_len == 10 && !memcmp(url, "/v1/models", 10)) {
 		if (method != HTTP_GET && method != HTTP_HEAD)
 			reply_problem(ex, 405, "method_not_allowed", "use GET");
@@ -712,6 +717,8 @@ void proxy_client_sent(struct exchange *ex)
 		exchange_finish(ex);
 		return;
 	}
+	if (unlikely(stream_cut_pending(ex)))
+		return;   /* frozen while this send was out: the final event goes now */
 	struct upstream *u = ex->up;
 	shard_timer_arm(u->shard, &u->timer, TIMER_UPSTREAM_IDLE,
 			ex->provider->idle_timeout_ms);

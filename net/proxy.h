@@ -39,5 +39,10 @@ void reply_problem_ext(struct exchange *ex, unsigned status, const char *code,
 void reply_models(struct exchange *ex);
 /* A 200-class JSON reply whose body may live in the exchange's buffers. */
 void reply_json(struct exchange *ex, unsigned status, const char *body, size_t len);
+/* The same with another Content-Type. */
+void reply_typed(struct exchange *ex, unsigned status, const char *type, const char *body,
+		 size_t len);
+/* The largest body a local reply can carry (the out buffer, less a head). */
+size_t reply_room(const struct exchange *ex);
 
 #endif

@@ -64,6 +64,17 @@ void reply_json(struct exchange *ex, unsigned status, const char *body, size_t l
 	send_local(ex, status, "application/json", body, len);
 }
 
+void reply_typed(struct exchange *ex, unsigned status, const char *type, const char *body,
+		 size_t len)
+{
+	send_local(ex, status, type, body, len);
+}
+
+size_t reply_room(const struct exchange *ex)
+{
+	return ex->out_cap > 1024 ? ex->out_cap - 1024 : 0;
+}
+
 static size_t put_price(char *out, size_t cap, const char *name, usd_micros v)
 {
 	if (v < 0)

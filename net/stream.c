@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "core/config.h"
+#include "core/freeze.h"
 #include "core/log.h"
 #include "core/money.h"
 #include "core/pricing.h"
@@ -46,6 +47,8 @@ struct stream {
 	char cut_buf[40];           /* "<scope>_ceiling_reached", "grant_exhausted" */
 	uint8_t verdict;            /* enum meter_verdict of the last event */
 	bool event_done;            /* on_event ran since the last sse_feed */
+	const char *pending_cut;    /* a freeze arrived while a send was in flight */
+	uint64_t freeze_epoch;      /* of the freeze table when last checked */
 	/* An event that a read leaves unfinished is held back until it is
 	 * whole, so the agent only ever gets whole events (a cut never leaves
 	 * half of one, and the usage chunk can be dropped whole): held[cur]
@@ -83,6 +86,8 @@ bool stream_start(struct exchange *ex)
 		ex->client->close_after = true;
 	s->sent_chunk = false;
 	s->cut_code = NULL;
+	s->pending_cut = NULL;
+	s->freeze_epoch = 0;   /* the first event checks (decide did, before it) */
 	s->event_done = false;
 	s->held[0] = s->held[1] = NULL;
 	s->held_len[0] = s->held_len[1] = 0;
@@ -93,8 +98,34 @@ bool stream_start(struct exchange *ex)
 	return true;
 }
 
+/* The meter's counts against the provider's, for GET /metrics. */
+static void count_drift(struct exchange *ex)
+{
+	const struct meter *m = &ex->stream->meter;
+	struct shard_stats *st = &ex->client->shard->stats;
+	if (ex->stream->state == STREAM_CUT) {
+		st->stream_cuts++;
+		if (!strcmp(ex->stream->cut_code, "frozen"))
+			st->stream_cuts_frozen++;
+	}
+	if (!m->output_final) {
+		st->streams_without_usage++;
+		return;
+	}
+	uint64_t reported = m->usage.output_tokens;
+	uint64_t upper = MIN(m->bytes, (uint64_t)ex->max_output_tokens);
+	uint64_t lower = MIN(m->text_events, (uint64_t)ex->max_output_tokens);
+	st->streams_with_usage++;
+	st->stream_tokens_reported += reported;
+	st->stream_tokens_upper += upper;
+	st->stream_tokens_lower += lower;
+	if (reported > upper || reported < lower)
+		st->stream_bound_misses++;
+}
+
 void stream_free(struct exchange *ex)
 {
+	count_drift(ex);
 	free(ex->stream->held[0]);
 	free(ex->stream->held[1]);
 	free(ex->stream);
@@ -190,6 +221,8 @@ static const char *cut_message(const char *code)
 		return "the stream passed its output token cap: cut off";
 	if (strstr(code, "_ceiling_reached") || !strcmp(code, "grant_exhausted"))
 		return "the budget cannot cover more of this stream: cut off";
+	if (!strcmp(code, "frozen"))
+		return "an operator froze a budget this stream spends: cut off";
 	return "the provider's stream could not be metered: cut off";
 }
 
@@ -226,6 +259,19 @@ static void extend_lease(struct exchange *ex)
 	s->cut_code = s->cut_buf;
 }
 
+/* Whether a freeze since the last look covers this stream: one load of
+ * the table's epoch per event, a look at the scopes only when it moved. */
+static bool freeze_changed(struct exchange *ex)
+{
+	struct stream *s = ex->stream;
+	uint64_t epoch = freeze_epoch(ex->client->shard->freeze);
+	if (likely(epoch == s->freeze_epoch))
+		return false;
+	s->freeze_epoch = epoch;
+	char what[FREEZE_ID_MAX + 8];
+	return decide_frozen(ex, what, sizeof(what));
+}
+
 /* Judges one event and stops the SSE parser right after it, so that the
  * relay knows where each event ends. */
 static int on_event(void *arg, const struct sse_event *ev)
@@ -239,6 +285,8 @@ static int on_event(void *arg, const struct sse_event *ev)
 		s->cut_code = "loop_detected";
 	else if (v == METER_GARBAGE)
 		s->cut_code = "upstream_garbage";
+	else if (freeze_changed(ex))
+		s->cut_code = "frozen";
 	else if (s->meter.text_events > ex->max_output_tokens)
 		/* one token per text event is a lower bound: the provider is
 		 * past the cap it was given, for certain */
@@ -344,6 +392,8 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 {
 	struct stream *s = ex->stream;
 	struct shard *sh = ex->client->shard;
+	if (s->pending_cut && !s->cut_code)
+		s->cut_code = s->pending_cut;   /* nothing of this read goes out */
 	s->write = data;
 	s->tail_len = 0;
 	s->held_len[s->cur ^ 1] = 0;
@@ -409,6 +459,28 @@ void stream_end_early(struct exchange *ex, const char *code, const char *message
 	put_final_event(ex, code, message);
 	struct iovec iov[1] = { { s->tail, s->tail_len } };
 	client_sendv(ex->client, iov, 1, -1);
+}
+
+void stream_check_freeze(struct exchange *ex)
+{
+	struct stream *s = ex->stream;
+	if (ex->state != EX_RELAY || s->state != STREAM_RELAYING || s->cut_code || s->pending_cut ||
+	    !freeze_changed(ex))
+		return;
+	log_warn("stream of %s cut: frozen", ex->model->name);
+	if (ex->up && ex->up->recv_posted)
+		stream_end_early(ex, "frozen", cut_message("frozen"));   /* waiting: cut now */
+	else
+		s->pending_cut = "frozen";
+}
+
+bool stream_cut_pending(struct exchange *ex)
+{
+	struct stream *s = ex->stream;
+	if (!s || !s->pending_cut || s->state != STREAM_RELAYING)
+		return false;
+	stream_end_early(ex, s->pending_cut, cut_message(s->pending_cut));
+	return true;
 }
 
 bool stream_done(const struct exchange *ex)

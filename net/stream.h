@@ -49,6 +49,13 @@ void stream_end_early(struct exchange *ex, const char *code, const char *message
 /* The stream was cut or has ended: the exchange finishes once the agent
  * has it all. */
 bool stream_done(const struct exchange *ex);
+/* A scope was frozen (SPEC §6): if one of this stream's is, cut it now
+ * when it waits for the provider, else as soon as its send completes
+ * (stream_cut_pending). */
+void stream_check_freeze(struct exchange *ex);
+/* Applies a cut that had to wait for a send: true if it did (the
+ * exchange goes on with the final event). */
+bool stream_cut_pending(struct exchange *ex);
 /* Why the stream was cut off, or NULL. */
 const char *stream_cut_code(const struct exchange *ex);
 
