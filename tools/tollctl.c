@@ -5,8 +5,9 @@
  * that goes in the config), --version, and the commands that read a
  * ledger directory directly: `ledger verify`, `ledger export`
  * (tollctl_ledger.c, tollctl_export.c) and `report` (tollctl_report.c);
- * docs/ledger.md documents them. The admin-API subcommands of SPEC §1
- * (budgets, runs, freeze, approvals…) are not in it yet: they fail with a
+ * docs/ledger.md documents them; and of the admin-API subcommands of
+ * SPEC §1, freeze, unfreeze, freezes and metrics (tollctl_admin.c). The
+ * others (budgets, runs, approvals…) are not in it yet: they fail with a
  * clear message and exit 1 rather than pretend.
  */
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/defs.h"
+#include "tools/tollctl_admin.h"
 #include "tools/tollctl_ledger.h"
 #include "tools/tollctl_report.h"
 
@@ -50,6 +52,7 @@ static void usage(FILE *f)
 		   "       tollctl --version\n");
 	tollctl_ledger_usage(f);
 	tollctl_report_usage(f);
+	tollctl_admin_usage(f);
 }
 
 int main(int argc, char **argv)
@@ -68,9 +71,11 @@ int main(int argc, char **argv)
 		return tollctl_ledger_main(argc - 2, argv + 2);
 	if (argc >= 2 && !strcmp(argv[1], "report"))
 		return tollctl_report_main(argc - 1, argv + 1);
+	if (argc >= 2 && tollctl_admin_is(argv[1]))
+		return tollctl_admin_main(argc - 1, argv + 1);
 	if (argc >= 2)
-		fprintf(stderr, "tollctl: '%s' is not available in this version (the admin-API "
-			"commands are not implemented yet)\n", argv[1]);
+		fprintf(stderr, "tollctl: '%s' is not available in this version (of the admin-API "
+			"commands only freeze, unfreeze, freezes and metrics are)\n", argv[1]);
 	usage(stderr);
 	return 1;
 }
