@@ -1339,11 +1339,33 @@ static void validate_names(struct loader *ld)
 	check_name(ld, ld->prices_version_line, "prices_version", cfg->prices_version, 64);
 }
 
+static bool same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+	return a->salen == b->salen && !memcmp(&a->sa, &b->sa, a->salen);
+}
+
+/* Listeners share ports through SO_REUSEPORT, so two on one address
+ * would split its connections between them (say, plain and TLS, or agents
+ * and the admin API) instead of failing to bind. */
+static void validate_addrs(struct loader *ld)
+{
+	const struct config *cfg = ld->cfg;
+	for (uint32_t i = 0; i < cfg->n_listen; i++) {
+		const struct cfg_listen *l = &cfg->listen[i];
+		for (uint32_t j = 0; j < i; j++)
+			if (same_addr(&l->addr, &cfg->listen[j].addr))
+				load_error(ld, l->line, "listen: %s is listed twice", l->addr.text);
+		if (cfg->has_admin && same_addr(&l->addr, &cfg->admin_addr))
+			load_error(ld, l->line, "listen: %s is also admin.addr", l->addr.text);
+	}
+}
+
 static void validate(struct loader *ld)
 {
 	struct config *cfg = ld->cfg;
 	if (!cfg->n_listen)
 		load_error(ld, 1, "listen: at least one listener is required");
+	validate_addrs(ld);
 	if (cfg->limits.max_header_bytes < 1024)
 		load_error(ld, 1, "limits.max_header_bytes: at least 1024");
 	for (uint32_t i = 0; i < cfg->n_models; i++) {

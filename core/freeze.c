@@ -89,7 +89,7 @@ static int find_slot(struct freeze_table *t, uint64_t tag, bool *found)
 }
 
 int freeze_set(struct freeze_table *t, enum freeze_kind kind, const char *id, size_t len,
-	       const char *reason, int64_t now_s)
+	       const char *reason, int64_t now_s, uint64_t *seq)
 {
 	if ((unsigned)kind >= FREEZE_KINDS || len == 0 || len > FREEZE_ID_MAX)
 		return -EINVAL;
@@ -107,13 +107,24 @@ int freeze_set(struct freeze_table *t, enum freeze_kind kind, const char *id, si
 		s->since_s = now_s;
 		atomic_store_explicit(&s->tag, tag, memory_order_release);
 		atomic_fetch_add_explicit(&t->count, 1, memory_order_release);
-		atomic_fetch_add_explicit(&t->epoch, 1, memory_order_release);
+		uint64_t e = atomic_fetch_add_explicit(&t->epoch, 1, memory_order_release) + 1;
+		if (seq)
+			*seq = e;
 	}
 	pthread_mutex_unlock(&t->lock);
 	return rc;
 }
 
-int freeze_clear(struct freeze_table *t, enum freeze_kind kind, const char *id, size_t len)
+void freeze_seed(struct freeze_table *t, uint64_t seq)
+{
+	pthread_mutex_lock(&t->lock);
+	if (atomic_load(&t->epoch) < seq)
+		atomic_store_explicit(&t->epoch, seq, memory_order_release);
+	pthread_mutex_unlock(&t->lock);
+}
+
+int freeze_clear(struct freeze_table *t, enum freeze_kind kind, const char *id, size_t len,
+		 uint64_t *seq)
 {
 	if ((unsigned)kind >= FREEZE_KINDS || len == 0 || len > FREEZE_ID_MAX)
 		return 0;
@@ -124,7 +135,9 @@ int freeze_clear(struct freeze_table *t, enum freeze_kind kind, const char *id, 
 	if (found) {
 		atomic_store_explicit(&t->slots[i].tag, TAG_GONE, memory_order_release);
 		atomic_fetch_sub_explicit(&t->count, 1, memory_order_release);
-		atomic_fetch_add_explicit(&t->epoch, 1, memory_order_release);
+		uint64_t e = atomic_fetch_add_explicit(&t->epoch, 1, memory_order_release) + 1;
+		if (seq)
+			*seq = e;
 	}
 	pthread_mutex_unlock(&t->lock);
 	return found;

@@ -52,11 +52,17 @@ struct freeze_table *freeze_new(void);
 void freeze_free(struct freeze_table *t);
 
 /* Freezes (kind, id): 1 newly frozen, 0 already frozen (the reason is
- * kept), -ENOSPC table full, -EINVAL bad id. */
+ * kept), -ENOSPC table full, -EINVAL bad id. On a change, *seq (if not
+ * NULL) gets its place in the order of all changes (the new epoch): the
+ * ledger records it, so a replay applies them in the order they happened
+ * whichever shard booked them. */
 int freeze_set(struct freeze_table *t, enum freeze_kind kind, const char *id, size_t len,
-	       const char *reason, int64_t now_s);
+	       const char *reason, int64_t now_s, uint64_t *seq);
 /* Unfreezes: 1 done, 0 was not frozen. */
-int freeze_clear(struct freeze_table *t, enum freeze_kind kind, const char *id, size_t len);
+int freeze_clear(struct freeze_table *t, enum freeze_kind kind, const char *id, size_t len,
+		 uint64_t *seq);
+/* After a replay: later changes are numbered past `seq`. */
+void freeze_seed(struct freeze_table *t, uint64_t seq);
 
 static inline bool freeze_any(const struct freeze_table *t)
 {

@@ -245,14 +245,17 @@ static void *sweeper_main(void *arg)
 static void restore_freezes(struct freeze_table *t, const struct ledger_replay *rp)
 {
 	uint32_t frozen = 0;
+	uint64_t last = 0;
 	for (size_t i = 0; i < rp->n_freezes; i++) {
 		const struct ledger_freeze_event *e = &rp->freezes[i];
 		if (e->frozen)
 			freeze_set(t, (enum freeze_kind)e->scope, e->id, strlen(e->id), e->reason,
-				   e->time_ms / 1000);
+				   e->time_ms / 1000, NULL);
 		else
-			freeze_clear(t, (enum freeze_kind)e->scope, e->id, strlen(e->id));
+			freeze_clear(t, (enum freeze_kind)e->scope, e->id, strlen(e->id), NULL);
+		last = MAX(last, e->seq);
 	}
+	freeze_seed(t, last);    /* new changes are ordered after the replayed ones */
 	frozen = atomic_load(&t->count);
 	if (frozen)
 		log_warn("ledger: %u scopes are frozen (the kill switch): GET /admin/freezes", frozen);

@@ -281,8 +281,7 @@ static void note_outcome(struct replay_ctx *x, const struct ledger_rec *r)
 	x->orphans[bucket(r->decision)] = o;
 }
 
-/* Keeps a freeze or unfreeze record for the caller (sorted at the end:
- * shards' segments are read one shard after another). */
+/* Keeps a freeze or unfreeze record for the caller (sorted at the end). */
 static void note_freeze(struct replay_ctx *x, const struct ledger_rec *r)
 {
 	struct ledger_replay *o = x->out;
@@ -303,7 +302,7 @@ static void note_freeze(struct replay_ctx *x, const struct ledger_rec *r)
 		o->cap_freezes = cap;
 	}
 	struct ledger_freeze_event *e = &o->freezes[o->n_freezes];
-	*e = (struct ledger_freeze_event){ .time_ms = r->time_ms, .seq = o->n_freezes,
+	*e = (struct ledger_freeze_event){ .time_ms = r->time_ms, .seq = (uint64_t)r->reserved,
 					   .scope = (uint8_t)scope,
 					   .frozen = r->kind == LEDGER_FREEZE };
 	const struct ledger_text *id = &r->f[LF_RUN + scope], *why = &r->f[LF_CODE];
@@ -312,11 +311,12 @@ static void note_freeze(struct replay_ctx *x, const struct ledger_rec *r)
 	o->n_freezes++;
 }
 
+/* By the order the freeze table gave the changes: shards' segments are
+ * read one shard after another, and two shards' changes can share a
+ * millisecond (or the clock can step back). */
 static int freeze_order(const void *a, const void *b)
 {
 	const struct ledger_freeze_event *x = a, *y = b;
-	if (x->time_ms != y->time_ms)
-		return x->time_ms < y->time_ms ? -1 : 1;
 	return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
@@ -625,7 +625,8 @@ int ledger_replay(int dir_fd, struct config *cfg, uint32_t n_shards, int64_t now
 		rc = replay_segment(dir_fd, &segs[i], repair, &x);
 	free(segs);
 	if (!rc) {
-		qsort(out->freezes, out->n_freezes, sizeof(*out->freezes), freeze_order);
+		if (out->n_freezes)   /* qsort wants a non-null base even for none */
+			qsort(out->freezes, out->n_freezes, sizeof(*out->freezes), freeze_order);
 		expire_orphans(&x);
 		restore_grants(&x, true);    /* before runs: their spend goes to the parent */
 		reopen_runs(&x, now_s);

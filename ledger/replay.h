@@ -34,7 +34,7 @@
  * record names. */
 struct ledger_freeze_event {
 	int64_t time_ms;
-	uint64_t seq;                              /* order read, to break ties */
+	uint64_t seq;                              /* the freeze table's order of changes */
 	uint8_t scope;
 	bool frozen;
 	char id[129];

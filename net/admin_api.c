@@ -232,9 +232,10 @@ static void post_freeze(struct exchange *ex, bool freeze)
 		return;
 	}
 	struct shard *s = ex->client->shard;
+	uint64_t seq = 0;
 	int rc = freeze ? freeze_set(s->freeze, (enum freeze_kind)kind, id, strlen(id), reason,
-				     s->wall_ms / 1000) :
-			  freeze_clear(s->freeze, (enum freeze_kind)kind, id, strlen(id));
+				     s->wall_ms / 1000, &seq) :
+			  freeze_clear(s->freeze, (enum freeze_kind)kind, id, strlen(id), &seq);
 	if (rc < 0) {
 		reply_problem(ex, 503, "freeze_table_full", "1024 scopes are frozen already");
 		return;
@@ -243,7 +244,7 @@ static void post_freeze(struct exchange *ex, bool freeze)
 	if (rc == 1) {
 		log_warn("admin: %s %s:%s%s%s", freeze ? "froze" : "unfroze",
 			 freeze_kind_name((enum freeze_kind)kind), id, reason[0] ? ": " : "", reason);
-		persisted = booking_freeze(ex, (enum freeze_kind)kind, id, reason, freeze);
+		persisted = booking_freeze(ex, (enum freeze_kind)kind, id, reason, freeze, seq);
 		if (freeze)   /* every shard cuts its streams of this scope now */
 			for (int i = 0; i < s->n_all; i++)
 				shard_post(&s->all[i], SHARD_CMD_FREEZE, NULL);

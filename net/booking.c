@@ -207,13 +207,13 @@ _Static_assert(LF_KEY - LF_RUN == FREEZE_KEY && LF_USER - LF_RUN == FREEZE_USER 
 	       "a freeze record names its scope in the field of its kind");
 
 bool booking_freeze(struct exchange *ex, enum freeze_kind kind, const char *id,
-		    const char *reason, bool frozen)
+		    const char *reason, bool frozen, uint64_t seq)
 {
 	struct shard *s = ex->client->shard;
 	if (!s->ledger)
 		return false;     /* nothing keeps it past a restart */
 	struct ledger_rec r = { .kind = frozen ? LEDGER_FREEZE : LEDGER_UNFREEZE,
-				.time_ms = s->wall_ms };
+				.time_ms = s->wall_ms, .reserved = (int64_t)seq };
 	r.f[LF_RUN + kind] = text(id);
 	r.f[LF_CODE] = text(reason);
 	r.f[LF_PRICES] = text(ex->cfg->prices_version);

@@ -38,11 +38,12 @@ bool booking_outcome(struct exchange *ex, const struct run *run, const char *out
  * connection aborted if the write failed). */
 bool booking_hold_reply_end(struct exchange *ex);
 
-/* Books a freeze (or unfreeze) of kind:id with its reason; the reply's
- * end waits for the write. False without a ledger or when it cannot be
+/* Books a freeze (or unfreeze) of kind:id with its reason and its place
+ * in the order of all freezes (`reserved` holds it); the reply's end waits
+ * for the write. False without a ledger or when it cannot be
  * buffered (the freeze holds, but not past a restart). */
 enum freeze_kind;
 bool booking_freeze(struct exchange *ex, enum freeze_kind kind, const char *id,
-		    const char *reason, bool frozen);
+		    const char *reason, bool frozen, uint64_t seq);
 
 #endif

@@ -94,8 +94,8 @@ int decide_scope_in_force(const struct exchange *ex)
 size_t decide_headers(struct exchange *ex, char *out, size_t cap)
 {
 	const struct config *cfg = ex->cfg;
-	if (!cfg->n_keys)
-		return 0;
+	if (!cfg->n_keys || ex->client->admin)
+		return 0;     /* relay only, or the operator's API: no budget state */
 	struct hdr_out o = { out, 0, cap, true };
 	if (ex->run) {
 		put_str(&o, "X-Run-Id: ");
