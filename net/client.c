@@ -208,6 +208,15 @@ void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
 			client_post_recv(c);
 			return;
 		}
+		if (c->state == CLIENT_BUSY) {
+			/* Decrypt now what came while a request is answered: an
+			 * agent that leaves mid-stream sends close_notify before
+			 * its FIN, and must be seen going (the input is kept if
+			 * it is a pipelined request). */
+			const char *data;
+			size_t len;
+			client_tls_input(c, &data, &len);
+		}
 	}
 	client_process(c);
 }

@@ -1173,3 +1173,36 @@ def test_tls_config_errors(env):
             path, at = config_text(tls)
             rc, out = run(["-c", path, "--workers", "1"])
             assert rc == 1 and "pin" in out and "listen.tls" in out, (name, rc, out)
+
+
+def test_tls_agent_leaves_mid_stream(env):
+    """An HTTPS agent that closes mid-stream sends close_notify before its
+    FIN: tollgate must see it go at once, and close the provider's stream,
+    not relay (and pay for) the rest of it."""
+    with Certs() as certs, Mock(env) as m:
+        crt, key = certs.self_signed("ec", "ec")
+        with start(env, m.port, [(crt, key)]) as tg:
+            ctx = client_ctx(crt)
+            for how in ("close_notify", "fin"):
+                before = m.stats()["closed_by_peer"]
+                c = TLSConn(tg.port, ctx)
+                c.send(request("POST", CHAT, chat(stream=True),
+                               {"x-mock-tokens": "400", "x-mock-token-delay-us": "25000"}))
+                got = b""
+                while got.count(b"data:") < 3:
+                    got += c.tls.recv(4096)
+                t0 = time.monotonic()
+                if how == "close_notify":
+                    c.tls.settimeout(0.5)
+                    try:
+                        c.tls.unwrap()      # sends close_notify
+                    except (OSError, ssl.SSLError):
+                        pass
+                c.tls.close()
+                # the provider's connection is closed well before the 10 s
+                # the rest of the stream would take
+                deadline = 3.0
+                while m.stats()["closed_by_peer"] == before:
+                    assert time.monotonic() - t0 < deadline, (how, "upstream still open")
+                    time.sleep(0.05)
+            served_after(tg, ctx, 3, "after agents left")
