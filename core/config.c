@@ -372,7 +372,8 @@ static int listen_tls(struct loader *ld, struct fy_node *k, struct fy_node *v,
 		return -EINVAL;
 	if (tls_check_server_pem(l->tls_cert_pem, l->tls_cert_len, l->tls_key_pem,
 				 l->tls_key_len, err, sizeof(err))) {
-		load_error(ld, node_line(k), "listen.tls: %s: %s", l->tls_cert, err);
+		load_error(ld, node_line(k), "listen.tls (cert %s, key %s): %s", l->tls_cert,
+			   l->tls_key, err);
 		return -EINVAL;
 	}
 	return 0;

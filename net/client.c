@@ -33,6 +33,12 @@
 static void client_post_recv(struct client *c);
 static void client_process(struct client *c);
 
+/* Shut down, or already back in the pool. */
+static inline bool closing(const struct client *c)
+{
+	return c->state >= CLIENT_CLOSING;
+}
+
 /* ---- lifetime ---- */
 
 static void client_free(struct client *c)
@@ -48,6 +54,10 @@ static void client_free(struct client *c)
 	c->prev = NULL;
 	s->client_free = c;
 	s->n_clients--;
+	/* A completion handler may abort (which frees when nothing else is
+	 * in flight) and then check for freeing itself: only the first
+	 * counts. */
+	c->state = CLIENT_FREE;
 }
 
 static void release_buffers(struct client *c)
@@ -65,7 +75,7 @@ static void release_buffers(struct client *c)
 /* Called after every completion: frees the object once nothing is in flight. */
 static void client_maybe_free(struct client *c)
 {
-	if (c->state == CLIENT_CLOSING && c->inflight == 0) {
+	if (c->state == CLIENT_CLOSING && c->inflight == 0) {  /* not CLIENT_FREE */
 		release_buffers(c);
 		if (c->tls)
 			client_tls_end(c);   /* no send from its buffers is in flight */
@@ -76,7 +86,7 @@ static void client_maybe_free(struct client *c)
 
 void client_abort(struct client *c)
 {
-	if (c->state == CLIENT_CLOSING)
+	if (closing(c))
 		return;
 	struct shard *s = c->shard;
 	c->state = CLIENT_CLOSING;
@@ -148,7 +158,7 @@ void client_accept(struct shard *s, int fd, struct tls_conf *tls, bool admin)
 
 static void client_post_recv(struct client *c)
 {
-	if (c->recv_posted || c->state == CLIENT_CLOSING || c->in.bid >= 0 || c->plain.bid >= 0)
+	if (c->recv_posted || closing(c) || c->in.bid >= 0 || c->plain.bid >= 0)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
 	ring_prep_recv(&c->shard->ring, sqe, c->fd, BUFS_CLIENT);
@@ -171,13 +181,13 @@ void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
 	c->inflight--;
 	int32_t bid = ring_buf_take(&s->ring, BUFS_CLIENT, cqe_flags);
 	if (bid != RING_NO_BUF) {
-		if (res <= 0 || c->state == CLIENT_CLOSING) {
+		if (res <= 0 || closing(c)) {
 			ring_buf_return(&s->ring, bid);
 		} else {
 			c->in = (struct stash){ .bid = bid, .off = 0, .len = (uint32_t)res };
 		}
 	}
-	if (c->state == CLIENT_CLOSING) {
+	if (closing(c)) {
 		client_maybe_free(c);
 		return;
 	}
@@ -199,6 +209,15 @@ void client_on_recv(struct client *c, int res, uint32_t cqe_flags)
 		if (c->tls->phase == TLS_HANDSHAKE && !client_tls_handshake(c)) {
 			client_post_recv(c);
 			return;
+		}
+		if (c->state == CLIENT_BUSY) {
+			/* Decrypt now what came while a request is answered: an
+			 * agent that leaves mid-stream sends close_notify before
+			 * its FIN, and must be seen going (the input is kept if
+			 * it is a pipelined request). */
+			const char *data;
+			size_t len;
+			client_tls_input(c, &data, &len);
 		}
 	}
 	client_process(c);
@@ -268,7 +287,7 @@ static void client_process(struct client *c)
 	struct shard *s = c->shard;
 	const char *data;
 	size_t len;
-	while (c->state != CLIENT_BUSY && c->state != CLIENT_CLOSING &&
+	while (c->state != CLIENT_BUSY && !closing(c) &&
 	       client_input(c, &data, &len)) {
 		if (c->state == CLIENT_IDLE && !client_begin_request(c))
 			break;
@@ -335,7 +354,7 @@ static void client_post_send(struct client *c)
 void client_sendv(struct client *c, const struct iovec *iov, int n, int32_t bid)
 {
 	BUG_ON_HOT(c->out.posted);
-	if (c->state == CLIENT_CLOSING) {
+	if (closing(c)) {
 		if (bid >= 0)
 			ring_buf_return(&c->shard->ring, bid);
 		return;
@@ -365,7 +384,7 @@ void client_on_send(struct client *c, int res)
 	c->inflight--;
 	if (c->tls) {
 		client_tls_sent(c, res);
-		if (c->state != CLIENT_CLOSING && res >= 0) {
+		if (!closing(c) && res >= 0) {
 			if (c->tls->phase == TLS_DEAD) {
 				client_abort(c);    /* a fatal alert went out */
 				client_maybe_free(c);
@@ -386,11 +405,11 @@ void client_on_send(struct client *c, int res)
 		}
 	}
 	c->out.posted = false;
-	if (c->state == CLIENT_CLOSING || res < 0) {
+	if (closing(c) || res < 0) {
 		if (c->out.bid >= 0)
 			ring_buf_return(&s->ring, c->out.bid);
 		c->out.bid = -1;
-		if (c->state != CLIENT_CLOSING)
+		if (!closing(c))
 			client_abort(c);
 		client_maybe_free(c);
 		return;

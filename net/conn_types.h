@@ -64,6 +64,7 @@ enum client_state {
 	CLIENT_BODY,              /* reading a request body */
 	CLIENT_BUSY,              /* an exchange is answering the request */
 	CLIENT_CLOSING,           /* shut down; freed when inflight == 0 */
+	CLIENT_FREE,              /* back in the pool: a second free is a no-op */
 };
 
 #define CLIENT_AUTH_CACHE 64

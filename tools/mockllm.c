@@ -15,6 +15,10 @@
  * when all are ready (with the real port if 0 was asked for, which lets
  * tests pick a free port without races), and then only waits for SIGTERM
  * or SIGINT, on which the process exits 0. Usage errors exit 1.
+ *
+ * With --tls-cert and --tls-key it serves the same over HTTPS (TLS 1.2,
+ * mockllm_tls.c); the files are read and checked before anything is bound
+ * (a bad certificate or key exits 2), and the ready line is unchanged.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,13 +34,16 @@
 
 static const char usage_text[] =
 	"usage: mockllm [--listen ADDR:PORT] [--threads N] [--tokens N]\n"
-	"               [--token-delay-us N] [--quiet]\n"
+	"               [--token-delay-us N] [--tls-cert FILE --tls-key FILE] [--quiet]\n"
 	"\n"
 	"  --listen ADDR:PORT     listen here (default 127.0.0.1:8081; [::1]:PORT for IPv6;\n"
 	"                         port 0 picks a free port, printed in the ready line)\n"
 	"  --threads N            worker threads, one epoll loop each (default 1)\n"
 	"  --tokens N             output tokens per reply (default 16)\n"
 	"  --token-delay-us N     delay per output token (default 0)\n"
+	"  --tls-cert FILE        serve HTTPS (TLS 1.2 only) with this PEM certificate chain\n"
+	"  --tls-key FILE         and this PEM private key (RSA >= 2048 bits or ECDSA,\n"
+	"                         unencrypted); both or neither\n"
 	"  --quiet                no warnings and no exit summary\n"
 	"\n"
 	"Routes: POST .../v1/chat/completions, .../v1/completions, .../v1/embeddings,\n"
@@ -106,14 +113,18 @@ static int parse_listen(const char *arg, struct mock_config *cfg)
 	return 0;
 }
 
-/* Fills cfg from argv. Returns 0 to run, 1 for a usage error, -1 after --help. */
-static int parse_args(int argc, char **argv, struct mock_config *cfg)
+/* Fills cfg from argv (the TLS file names into *cert and *key). Returns 0
+ * to run, 1 for a usage error, -1 after --help. */
+static int parse_args(int argc, char **argv, struct mock_config *cfg,
+		      const char **cert, const char **key)
 {
 	static const struct option options[] = {
 		{ "listen",         required_argument, NULL, 'l' },
 		{ "threads",        required_argument, NULL, 't' },
 		{ "tokens",         required_argument, NULL, 'n' },
 		{ "token-delay-us", required_argument, NULL, 'd' },
+		{ "tls-cert",       required_argument, NULL, 'c' },
+		{ "tls-key",        required_argument, NULL, 'k' },
 		{ "quiet",          no_argument,       NULL, 'q' },
 		{ "help",           no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -132,6 +143,8 @@ static int parse_args(int argc, char **argv, struct mock_config *cfg)
 			  cfg->tokens = (uint32_t)v; break;
 		case 'd': rc = parse_number(optarg, 0, 10 * 1000 * 1000, &v);
 			  cfg->token_delay_us = (uint32_t)v; break;
+		case 'c': *cert = optarg; break;
+		case 'k': *key = optarg; break;
 		case 'q': cfg->quiet = true; break;
 		case 'h': fputs(usage_text, stdout); return -1;
 		default:  rc = -EINVAL; optarg = NULL;
@@ -147,6 +160,11 @@ static int parse_args(int argc, char **argv, struct mock_config *cfg)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "mockllm: unexpected argument '%s'\n", argv[optind]);
+		fputs(usage_text, stderr);
+		return 1;
+	}
+	if (!*cert != !*key) {
+		fprintf(stderr, "mockllm: --tls-cert and --tls-key go together\n");
 		fputs(usage_text, stderr);
 		return 1;
 	}
@@ -232,9 +250,12 @@ static void print_summary(const struct worker *workers, const struct mock_config
 int main(int argc, char **argv)
 {
 	struct mock_config cfg = { .threads = 1, .tokens = 16 };
-	int rc = parse_args(argc, argv, &cfg);
+	const char *cert = NULL, *key = NULL;
+	int rc = parse_args(argc, argv, &cfg, &cert, &key);
 	if (rc != 0)
 		return rc < 0 ? 0 : 1;
+	if (cert && mock_tls_load(&cfg, cert, key) < 0)
+		return 2;
 
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);
@@ -259,6 +280,9 @@ int main(int argc, char **argv)
 			config_port(&cfg), strerror(-rc));
 		return 2;
 	}
+	for (unsigned i = 0; cfg.tls_cert && i < cfg.threads; i++)
+		if (worker_tls_init(&workers[i]) < 0)
+			return 2;
 	for (unsigned i = 0; i < cfg.threads; i++) {
 		rc = pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
 		if (rc != 0) {

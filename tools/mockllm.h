@@ -6,6 +6,7 @@
  *   mockllm_http.c   request framing (http-parser callbacks), x-mock-* knobs
  *   mockllm_json.c   the bounded scanner for request bodies
  *   mockllm_reply.c  routing decisions and every response and SSE event
+ *   mockllm_tls.c    HTTPS (--tls-cert/--tls-key): TLS 1.2 over tls/
  *
  * Return conventions: negative errno for failures; I/O-shaped functions
  * return <0 error, 0 would block, >0 bytes; predicates return bool.
@@ -15,6 +16,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include "mockllm_types.h"
 
@@ -59,6 +61,11 @@ void *worker_main(void *arg);
 int conn_timer_set(struct conn *c, uint64_t deadline_ns);
 /* Adds one to a counter owned by the calling worker. */
 void counter_bump(_Atomic uint64_t *counter);
+/*
+ * Hands request bytes to the connection (CONN_READING): parsed at once, or
+ * kept behind the backlog. Returns 0 or -ENOMEM. The bytes are not kept.
+ */
+int conn_take_input(struct conn *c, const char *data, size_t n);
 
 /* ---- mockllm_http.c ---- */
 
@@ -93,5 +100,29 @@ void reply_refuse(struct conn *c, int status);
 bool reply_pump(struct conn *c);
 /* Builds the read-only text tables; call once before the workers start. */
 void reply_tables_init(void);
+
+/* ---- mockllm_tls.c (only on connections with c->tls) ---- */
+
+/* Main thread: reads and checks the PEM files into cfg, draws the ticket
+ * secret. Returns 0, or -1 after printing why. */
+int mock_tls_load(struct mock_config *cfg, const char *cert_path, const char *key_path);
+/* Main thread, before the worker starts: the worker's own TLS shard and
+ * server configuration. Returns 0 or -1 after printing why. */
+int worker_tls_init(struct worker *w);
+/* A session for a new connection. Returns 0 or -ENOMEM. */
+int conn_tls_start(struct conn *c);
+/* Frees the session (conn_close). */
+void conn_tls_end(struct conn *c);
+/* True while an mbedTLS call waits for a send of its record. */
+bool conn_tls_busy(const struct conn *c);
+/* Reads ciphertext once and drives the handshake or decrypts into the
+ * parser. Same contract as the plain read: bytes read, 0, -errno. */
+ssize_t conn_tls_read(struct conn *c);
+/* Sends pending records and encrypts c->out record by record. Bytes sent,
+ * 0 if it would block, -errno. */
+ssize_t conn_tls_flush(struct conn *c);
+/* Starts the close_notify of a closing connection. True while it still
+ * waits to be sent (the loop calls conn_tls_flush on EPOLLOUT). */
+bool conn_tls_close_notify(struct conn *c);
 
 #endif

@@ -16,6 +16,12 @@
  * Output is built in the connection's buffer and written with send(); when
  * the socket is full the loop waits for the EPOLLOUT edge.
  *
+ * HTTPS (--tls-cert) changes only the byte movers, in mockllm_tls.c:
+ * conn_tls_read decrypts into the same parser, conn_tls_flush encrypts
+ * the connection's buffer record by record and drives the handshake, and a
+ * closing connection sends close_notify before its FIN. The plain path
+ * pays one `if (c->tls)` per read, write and close.
+ *
  * Delays never sleep: each connection has at most one deadline, kept in a
  * per-worker binary min-heap, and the timerfd is armed (absolute,
  * CLOCK_MONOTONIC, microsecond-precise) at the earliest one. A connection
@@ -186,6 +192,8 @@ static void conn_close(struct conn *c, bool by_peer)
 	counter_bump(&w->stats.closed);
 	if (by_peer)
 		counter_bump(&w->stats.closed_by_peer);
+	if (c->tls)
+		conn_tls_end(c);
 	buf_trim(&c->in);
 	buf_trim(&c->out);
 	buf_trim(&c->body);
@@ -212,6 +220,8 @@ static void conn_reset(struct conn *c)
 /* Output flushed on a closing connection: half-close, then drain. */
 static void conn_linger(struct conn *c)
 {
+	if (c->tls && conn_tls_close_notify(c))
+		return;         /* back here once the alert is sent */
 	shutdown(c->fd, SHUT_WR);
 	c->state = CONN_DRAINING;
 	conn_timer_set(c, mono_now_ns() + MOCK_LINGER_NS);
@@ -276,6 +286,16 @@ static int conn_keep(struct conn *c, const char *data, size_t n)
 	return 0;
 }
 
+int conn_take_input(struct conn *c, const char *data, size_t n)
+{
+	size_t used = 0;
+	if (c->in.len == c->in_off)
+		used = request_parse(c, data, n);
+	if (used < n && c->state == CONN_READING && conn_keep(c, data + used, n - used) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
 static bool conn_wants_input(const struct conn *c)
 {
 	if (c->state == CONN_RESETTING)
@@ -308,11 +328,7 @@ static ssize_t conn_read(struct conn *c)
 		c->can_read = false;    /* drained: the next arrival raises an edge */
 	if (c->state != CONN_READING)
 		return n;
-	size_t used = 0;
-	if (c->in.len == c->in_off)
-		used = request_parse(c, w->rbuf, (size_t)n);
-	if (used < (size_t)n && c->state == CONN_READING &&
-	    conn_keep(c, w->rbuf + used, (size_t)n - used) < 0)
+	if (conn_take_input(c, w->rbuf, (size_t)n) < 0)
 		return -ENOMEM;
 	return n;
 }
@@ -339,15 +355,17 @@ static void conn_run(struct conn *c)
 			moved |= reply_pump(c);
 		if (c->in.len > c->in_off && c->state == CONN_READING)
 			moved |= conn_parse_backlog(c);
-		if (conn_out_pending(c) && c->can_write) {
-			ssize_t n = conn_flush(c);
+		bool busy = conn_out_pending(c) || (c->tls && conn_tls_busy(c));
+		if (busy && c->can_write) {
+			ssize_t n = c->tls ? conn_tls_flush(c) : conn_flush(c);
 			if (n < 0) {
 				conn_close(c, c->state != CONN_DRAINING);
 				return;
 			}
 			moved |= n > 0;
+			busy = conn_out_pending(c) || (c->tls && conn_tls_busy(c));
 		}
-		if (!conn_out_pending(c)) {
+		if (!busy) {
 			if (c->state == CONN_RESETTING) {
 				conn_reset(c);
 				return;
@@ -356,7 +374,7 @@ static void conn_run(struct conn *c)
 				conn_linger(c);
 		}
 		if (c->can_read && conn_wants_input(c)) {
-			ssize_t n = conn_read(c);
+			ssize_t n = c->tls ? conn_tls_read(c) : conn_read(c);
 			if (n < 0) {
 				conn_close(c, c->state != CONN_DRAINING);
 				return;
@@ -410,8 +428,13 @@ static void worker_accept(struct worker *w)
 			.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
 			.data.ptr = c,
 		};
-		if (!c || epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-			warn(w, "new connection", c ? errno : ENOMEM);
+		int err = 0;
+		if (!c || (w->tls && conn_tls_start(c) < 0))
+			err = ENOMEM;
+		else if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+			err = errno;
+		if (err) {
+			warn(w, "new connection", err);
 			if (c) {
 				counter_bump(&w->stats.accepted);
 				conn_close(c, false);

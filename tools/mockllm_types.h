@@ -40,6 +40,7 @@
 #define MOCK_BUF_KEEP           (1024 * 1024) /* buffers above this are freed when idle */
 #define MOCK_LINGER_NS          (1000ull * 1000 * 1000) /* lingering close: 1 s */
 #define MOCK_FREE_CONNS_MAX     1024         /* connection structs cached per worker */
+#define MOCK_TLS_SECRET         32           /* == TLS_TICKET_SECRET (mockllm_tls.c checks) */
 
 /* A growable byte buffer. `data` is NULL until the first reservation. */
 struct buf {
@@ -57,6 +58,15 @@ struct mock_config {
 	uint32_t tokens;                /* --tokens: default output tokens per reply */
 	uint32_t token_delay_us;        /* --token-delay-us: default delay per token */
 	bool quiet;                     /* --quiet: no warnings, no exit summary */
+	/* --tls-cert / --tls-key: HTTPS when tls_cert is set. The PEM files
+	 * as read (NUL-terminated, lengths include the NUL) and the session
+	 * ticket secret, all read-only: each worker builds its own mbedTLS
+	 * configuration from them (mockllm_tls.c). */
+	char *tls_cert;
+	size_t tls_cert_len;
+	char *tls_key;
+	size_t tls_key_len;
+	uint8_t tls_secret[MOCK_TLS_SECRET];
 };
 
 /* What a request asks for, by path (and method for the two GET routes). */
@@ -175,6 +185,8 @@ enum conn_state {
 };
 
 struct worker;
+struct conn_tls;        /* mockllm_tls.c */
+struct worker_tls;      /* mockllm_tls.c */
 
 struct conn {
 	struct worker *w;
@@ -186,6 +198,7 @@ struct conn {
 	bool runnable;          /* queued on w->runnable for another turn */
 	struct timer timer;     /* one deadline (ns) in w->timers, when armed */
 	struct conn *next;      /* free list or runnable list */
+	struct conn_tls *tls;   /* the TLS session, NULL on a plain listener */
 	http_parser parser;     /* parser.data points back here */
 	struct reply reply;
 	size_t in_off;          /* parsed bytes at the front of `in` */
@@ -221,6 +234,7 @@ struct worker {
 	struct conn *runnable;  /* connections that yielded with work left */
 	char *rbuf;             /* MOCK_READ_BYTES, shared by this worker's reads */
 	struct buf scratch;     /* body of the reply being built */
+	struct worker_tls *tls; /* this worker's TLS context, NULL without --tls-cert */
 	pthread_t thread;
 	/* Read by other workers: on its own cache line. */
 	struct mock_counters stats __attribute__((aligned(MOCK_CACHELINE)));

@@ -401,3 +401,29 @@ def test_head_and_http10_clients(env):
             r = c.response()
             assert r.status == 200 and r.json()["usage"]["completion_tokens"] == 6, r
             assert c.closed_within(2)
+
+
+def test_reset_mid_reply_with_pipelined_request(env):
+    """An agent that pipelines a second request behind one with a large
+    reply and then resets the connection mid-reply: the failed send is the
+    connection's last operation in flight (no recv is posted while input
+    is stashed), and the client must be freed once, not twice (a double
+    free closed a stranger's fd and broke the shard's count)."""
+    import socket
+    import struct
+    with Mock(env) as m, Tollgate(env, m) as tg:
+        big = request("POST", CHAT, chat(), {"x-mock-tokens": "400000"})
+        small = request("POST", CHAT, chat())
+        for _ in range(6):
+            s = socket.create_connection(("127.0.0.1", tg.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(big + small)
+            s.recv(2048)          # the reply has started
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()             # RST while tollgate is still sending
+        # every shard still serves, on fresh connections
+        for i in range(20):
+            with tg.conn() as c:
+                c.send(request("POST", CHAT, chat(), {"x-mock-tokens": "3"}))
+                r = c.response()
+                assert r.status == 200 and r.json()["usage"]["completion_tokens"] == 3, (i, r)
