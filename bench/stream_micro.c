@@ -11,7 +11,8 @@
  * metered path hands it to stream_relay(). The body arrives in reads of
  * READ bytes (argument 1; 0, the default, is one read for the whole
  * reply, as tollgate sees it in the bench). What stream_relay() would
- * send is checked once against the events it was given.
+ * send is checked once against the events it was given. Each figure is
+ * the best of 10 batches of 20,000 streams.
  *
  * The symbols stream.c calls outside the parsing modules (the client,
  * the ring, the budget, booking) are stubbed here, so no socket or shard
@@ -34,6 +35,7 @@
 #include "net/upstream.h"
 
 #define STREAMS 200000
+#define BATCHES 10
 
 /* ---- stubs: what stream_relay() sends is summed, nothing else happens */
 static size_t sent;
@@ -165,14 +167,20 @@ static double now_ns(void)
 	return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
+/* The best of BATCHES batches: on a shared machine, the batch nothing
+ * else ran in. */
 static double time_it(void (*one)(void))
 {
 	for (int i = 0; i < STREAMS / 10; i++)
 		one();
-	double t0 = now_ns();
-	for (int i = 0; i < STREAMS; i++)
-		one();
-	return (now_ns() - t0) / STREAMS;
+	double best = 1e18;
+	for (int b = 0; b < BATCHES; b++) {
+		double t0 = now_ns();
+		for (int i = 0; i < STREAMS / BATCHES; i++)
+			one();
+		best = MIN(best, (now_ns() - t0) / (STREAMS / BATCHES));
+	}
+	return best;
 }
 
 /* What the agent got: the events less the usage chunk, re-chunked. */
