@@ -9,6 +9,13 @@
  * one did. Then comes the final event and the terminator, and the
  * provider connection is closed: nothing more is read or paid for.
  *
+ * Most events of a stream are the same bytes but for their text ("data:
+ * {...\"content\":\"" text "\"}...}\n\n"). The bytes around the text of
+ * the last event the meter could describe so (meter_span) are kept as a
+ * shape; an event that matches it is judged by meter_repeat() from its
+ * text alone, two memcmp and a scan of the text, with neither the SSE
+ * parser nor the meter walking it. Anything else takes the full path.
+ *
  * States: RELAYING → (CUT | ENDED); a stream that is cut or ended sends
  * nothing more.
  */
@@ -18,6 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "core/config.h"
 #include "core/log.h"
@@ -36,6 +46,28 @@
 
 enum stream_state { STREAM_RELAYING, STREAM_CUT, STREAM_ENDED };
 
+#define SHAPE_HEAD 256
+#define SHAPE_TAIL 128
+
+/*
+ * The raw bytes of an event that meter_span() described, around its text
+ * string: from the event's first byte to the string's, and from the
+ * string's closing quote to the event's end, which is an LF. An event
+ * parsed from a block boundary that is head + S + tail, where S is a JSON
+ * string's contents with no CR or LF (so it lies inside the same data
+ * line's value), parses to the same type and the same data but for that
+ * string, and ends at the same point in the same parser state (after an
+ * LF: LINE_START): meter_span()'s contract holds, and meter_repeat()
+ * judges it.
+ */
+struct shape {
+	uint16_t head_len;          /* 0: none learned */
+	uint16_t tail_len;
+	uint32_t fixed;             /* its data bytes other than the string */
+	char head[SHAPE_HEAD];
+	char tail[SHAPE_TAIL];
+};
+
 struct stream {
 	struct sse_parser sse;
 	struct meter meter;
@@ -46,6 +78,9 @@ struct stream {
 	char cut_buf[40];           /* "<scope>_ceiling_reached", "grant_exhausted" */
 	uint8_t verdict;            /* enum meter_verdict of the last event */
 	bool event_done;            /* on_event ran since the last sse_feed */
+	const char *ev_data;        /* the last event's data, as on_event had it */
+	uint32_t ev_len;
+	struct shape shape;
 	/* An event that a read leaves unfinished is held back until it is
 	 * whole, so the agent only ever gets whole events (a cut never leaves
 	 * half of one, and the usage chunk can be dropped whole): held[cur]
@@ -89,6 +124,7 @@ bool stream_start(struct exchange *ex)
 	s->held_cap[0] = s->held_cap[1] = 0;
 	s->cur = 0;
 	s->tail_len = 0;
+	s->shape.head_len = 0;
 	ex->stream = s;
 	return true;
 }
@@ -118,7 +154,8 @@ static int compact_body(struct http_msg *m, const char *data, size_t len)
 {
 	struct exchange *ex = m->owner;
 	struct stream *s = ex->stream;
-	memmove(s->write, data, len);
+	if (s->write != data)   /* in place when nothing was cut out before it */
+		memmove(s->write, data, len);
 	s->write += len;
 	return 0;
 }
@@ -226,15 +263,12 @@ static void extend_lease(struct exchange *ex)
 	s->cut_code = s->cut_buf;
 }
 
-/* Judges one event and stops the SSE parser right after it, so that the
- * relay knows where each event ends. */
-static int on_event(void *arg, const struct sse_event *ev)
+/* What the meter's verdict v on an event means for the stream: a cut
+ * code when it must stop after it (or without it: METER_GARBAGE). */
+static void judge(struct exchange *ex, enum meter_verdict v)
 {
-	struct exchange *ex = arg;
 	struct stream *s = ex->stream;
-	enum meter_verdict v = meter_event(&s->meter, ev);
 	s->verdict = (uint8_t)v;
-	s->event_done = true;
 	if (v == METER_LOOP)
 		s->cut_code = "loop_detected";
 	else if (v == METER_GARBAGE)
@@ -245,7 +279,104 @@ static int on_event(void *arg, const struct sse_event *ev)
 		s->cut_code = "stream_token_cap";
 	else if (ex->stream_lease)
 		extend_lease(ex);
+}
+
+/* Judges one event and stops the SSE parser right after it, so that the
+ * relay knows where each event ends. */
+static int on_event(void *arg, const struct sse_event *ev)
+{
+	struct exchange *ex = arg;
+	struct stream *s = ex->stream;
+	s->ev_data = ev->data;
+	s->ev_len = ev->data_len;
+	s->event_done = true;
+	judge(ex, meter_event(&s->meter, ev));
 	return 1;
+}
+
+/* Where the JSON string whose contents start at s[i] ends: its first '"'
+ * not escaped by a '\\' (as the meter reads strings), or n when there is
+ * none before n, or a CR or LF (a line end) comes first. */
+static size_t text_end(const char *s, size_t i, size_t n)
+{
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), slash = _mm_set1_epi8('\\'),
+		      cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	while (i + 16 <= n) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+		unsigned mask = (unsigned)_mm_movemask_epi8(
+			_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, slash)),
+				     _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf))));
+		if (!mask) {
+			i += 16;
+			continue;
+		}
+		i += (size_t)__builtin_ctz(mask);
+		if (s[i] != '\\')
+			return s[i] == '"' ? i : n;
+		if (i + 1 >= n || s[i + 1] == '\r' || s[i + 1] == '\n')
+			return n;
+		i += 2;           /* an escape: the escaped byte is text */
+	}
+#endif
+	while (i < n) {
+		char c = s[i];
+		if (c == '"')
+			return i;
+		if (c == '\r' || c == '\n')
+			return n;
+		if (c != '\\') {
+			i++;
+			continue;
+		}
+		if (i + 1 >= n || s[i + 1] == '\r' || s[i + 1] == '\n')
+			return n;
+		i += 2;
+	}
+	return n;
+}
+
+/* If body[pos..len), at a block boundary, starts with a whole repeat of
+ * the shape: its end, and its text in body[*text, *text + *text_len).
+ * Else 0. */
+static size_t match_shape(const struct shape *sh, const char *body, size_t pos, size_t len,
+			  size_t *text, size_t *text_len)
+{
+	if (!sh->head_len || len - pos < (size_t)sh->head_len + sh->tail_len ||
+	    memcmp(body + pos, sh->head, sh->head_len))
+		return 0;
+	size_t t = pos + sh->head_len;
+	size_t bound = len - sh->tail_len + 1;   /* the closing quote is before it */
+	size_t e = text_end(body, t, bound);
+	if (e == bound || memcmp(body + e, sh->tail, sh->tail_len) ||
+	    e - t > SSE_MAX_EVENT - sh->fixed)
+		return 0;     /* (the SSE parser would refuse it as too large) */
+	*text = t;
+	*text_len = e - t;
+	return e + sh->tail_len;
+}
+
+/* The full path just judged body[start, pos) one event, parsed from a
+ * block boundary: if the meter can let it stand for its repeats, and its
+ * data is one run of these bytes (the SSE parser handed it over in
+ * place), its bytes around the text become the shape. */
+static void learn_shape(struct stream *s, const char *body, size_t start, size_t pos)
+{
+	uint32_t at, n;
+	if (!meter_span(&s->meter, &at, &n) || body[pos - 1] != '\n')
+		return;
+	uintptr_t data = (uintptr_t)s->ev_data, from = (uintptr_t)(body + start),
+		  to = (uintptr_t)(body + pos);
+	if (data < from || data + s->ev_len > to)
+		return;       /* the data was joined or copied: not one run here */
+	size_t head = (size_t)(data - from) + at, tail = (size_t)(to - data) - at - n;
+	if (head > SHAPE_HEAD || tail > SHAPE_TAIL)
+		return;
+	memcpy(s->shape.head, body + start, head);
+	memcpy(s->shape.tail, body + start + head + n, tail);
+	s->shape.head_len = (uint16_t)head;
+	s->shape.tail_len = (uint16_t)tail;
+	s->shape.fixed = s->ev_len - n;
 }
 
 /* Stops reading the provider: its connection cannot be reused. */
@@ -302,20 +433,32 @@ static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held
 	bool start_in_held = s->held_len[s->cur] > 0;
 	*held_out = false;
 	while (pos < len && !s->cut_code) {
-		s->event_done = false;
-		long n = sse_feed(&s->sse, body + pos, len - pos, on_event, ex);
-		if (n < 0) {
-			s->cut_code = "upstream_garbage";   /* an event past SSE_MAX_EVENT */
-			break;
+		/* nothing held: the parser is between events (held is empty
+		 * only when the last read ended with one) */
+		bool boundary = !start_in_held && s->sse.state == SSE_LINE_START;
+		size_t end, text, text_len;
+		if (boundary && (end = match_shape(&s->shape, body, pos, len, &text, &text_len))) {
+			judge(ex, meter_repeat(&s->meter, body + text, text_len));
+			pos = end;
+		} else {
+			s->event_done = false;
+			long n = sse_feed(&s->sse, body + pos, len - pos, on_event, ex);
+			if (n < 0) {
+				s->cut_code = "upstream_garbage";   /* an event past SSE_MAX_EVENT */
+				break;
+			}
+			pos += (size_t)n;
+			if (!s->event_done)
+				break;                         /* the rest is an unfinished event */
+			if (boundary)
+				learn_shape(s, body, start, pos);
 		}
-		pos += (size_t)n;
-		if (!s->event_done)
-			break;                             /* the rest is an unfinished event */
 		/* not relayed: the usage chunk we asked for, what cannot be metered */
 		bool keep = s->verdict != METER_DROP && s->verdict != METER_GARBAGE;
 		if (keep) {   /* (an event begun in held continues here) */
 			*held_out = *held_out || start_in_held;
-			memmove(body + out, body + start, pos - start);
+			if (out != start)
+				memmove(body + out, body + start, pos - start);
 			out += pos - start;
 		}
 		start = pos;
@@ -326,7 +469,7 @@ static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held
 	if (ex->resp_complete) {
 		/* the body ended inside an event: it goes as it is */
 		*held_out = *held_out || start_in_held;
-		if (len > start)
+		if (len > start && out != start)
 			memmove(body + out, body + start, len - start);
 		return out + len - start;
 	}
