@@ -1,10 +1,11 @@
 /*
  * stream.c — the metered stream relay (stream.h).
  *
- * Per read: the http parser hands over the body in pieces (de-chunked);
- * each is moved down to the write point in the same buffer, so the read
- * becomes one contiguous run of event-stream bytes. The SSE parser walks
- * it, the meter judges each event, and the run goes to the agent as one
+ * Per read: http1.c hands over the body in pieces (de-chunked: whole
+ * chunks without the http parser, http1_fast_chunks); each is moved down
+ * to the write point in the same buffer, so the read becomes one
+ * contiguous run of event-stream bytes. The SSE parser walks it, the
+ * meter judges each event, and the run goes to the agent as one
  * chunk — up to the end of the event that made the meter say stop, if
  * one did. Then comes the final event and the terminator, and the
  * provider connection is closed: nothing more is read or paid for.
@@ -111,6 +112,7 @@ bool stream_start(struct exchange *ex)
 		return false;
 	sse_init(&s->sse);
 	meter_init(&s->meter, (uint8_t)ex->provider->format, ex->inject_usage);
+	http1_fast_chunks(&ex->resp);   /* the body's chunks, de-chunked below */
 	s->state = STREAM_RELAYING;
 	/* HTTP/1.0 agents read to the close; the rest get chunks */
 	s->chunked = !(ex->req.parser.http_major == 1 && ex->req.parser.http_minor == 0);
