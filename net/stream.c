@@ -170,15 +170,35 @@ static void put_tail(struct stream *s, const char *text, size_t n)
 	}
 }
 
+/* Writes the header of an n-byte chunk into out (24 bytes: "\r\n" that
+ * ends the chunk before it, if one went out, the size in hex, "\r\n"), as
+ * printf's "%zx" would, without printf: it runs on every read. Returns
+ * its length. */
+static size_t chunk_header(struct stream *s, char *out, size_t n)
+{
+	size_t len = 0;
+	if (s->sent_chunk) {
+		out[len++] = '\r';
+		out[len++] = '\n';
+	}
+	s->sent_chunk = true;
+	int digits = 1;
+	while (digits < 16 && n >> (4 * digits))
+		digits++;
+	for (int d = digits - 1; d >= 0; d--)
+		out[len++] = "0123456789abcdef"[(n >> (4 * d)) & 15];
+	out[len++] = '\r';
+	out[len++] = '\n';
+	return len;
+}
+
 /* Frames `n` bytes of event text as the agent reads it: as a chunk (or
  * as is when close-delimited), into the tail. */
 static void put_chunk_text(struct stream *s, const char *text, size_t n)
 {
 	if (s->chunked) {
 		char size[24];
-		put_tail(s, size, (size_t)snprintf(size, sizeof(size), "%s%zx\r\n",
-						   s->sent_chunk ? "\r\n" : "", n));
-		s->sent_chunk = true;
+		put_tail(s, size, chunk_header(s, size, n));
 	}
 	put_tail(s, text, n);
 }
@@ -514,11 +534,8 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 	s->cur ^= 1;   /* what this read left unfinished goes out next time */
 	/* the chunk header of the data, then what follows it */
 	size_t hdr_len = 0;
-	if ((pass || held_len) && s->chunked) {
-		hdr_len = (size_t)snprintf(s->hdr, sizeof(s->hdr), "%s%zx\r\n",
-					   s->sent_chunk ? "\r\n" : "", held_len + pass);
-		s->sent_chunk = true;
-	}
+	if ((pass || held_len) && s->chunked)
+		hdr_len = chunk_header(s, s->hdr, held_len + pass);
 	if (s->state == STREAM_RELAYING && s->cut_code) {
 		log_warn("stream of %s cut: %s", ex->model->name, s->cut_code);
 		s->state = STREAM_CUT;
