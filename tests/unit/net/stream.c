@@ -9,7 +9,8 @@
  * same streams take the shortcuts instead (events that repeat the last
  * one's shape, chunks read without the parser); what the agent gets (the
  * body, de-chunked), the cut code and the meter's counts must not change.
- * Streams: OpenAI with escapes, the usage chunk we added (dropped), CRLF
+ * Streams: OpenAI with escapes, the usage chunk we added (dropped; also
+ * four of them, with events between), CRLF
  * lines, comments, multi-line data, text that would put a line end in a
  * shape's string; Anthropic's typed events; a loop cut, a token cap cut,
  * garbage; provider framing chunked per event, in odd chunk sizes, or by
@@ -277,6 +278,8 @@ static void frame(enum framing f)
 
 #define OA "data: {\"id\":\"c-1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\","
 
+static int usage_chunks = 1;   /* how many the OpenAI streams carry */
+
 static void openai_events(const char *eol, int n, bool usage)
 {
 	static const char *words[] = { "fox ", "a \\\"q\\\" ", "back\\\\slash ", "\\u00e9t\\u00e9 ",
@@ -308,10 +311,14 @@ static void openai_events(const char *eol, int n, bool usage)
 	snprintf(e, sizeof(e), OA "\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":"
 		 "\"stop\"}]}%s%s", eol, eol);
 	ev(e);
-	if (usage) {
+	for (int u = 0; usage && u < usage_chunks; u++) {
 		snprintf(e, sizeof(e), OA "\"choices\":[],\"usage\":{\"prompt_tokens\":9,"
 			 "\"completion_tokens\":%d,\"total_tokens\":%d}}%s%s", n, n + 9, eol, eol);
 		ev(e);
+		if (u + 1 < usage_chunks) {   /* events between: more runs to send */
+			snprintf(e, sizeof(e), ": between %d%s%s", u, eol, eol);
+			ev(e);
+		}
 	}
 	snprintf(e, sizeof(e), "data: [DONE]%s%s", eol, eol);
 	ev(e);
@@ -367,6 +374,13 @@ int main(void)
 		check_reads(name, reply, reply_len, FORMAT_OPENAI, 100000, "");
 		CHECK(!memmem(ref.body, ref.len, "\"usage\"", 7));   /* dropped */
 		CHECK(ref.bytes > 100 && ref.text_events == 26);   /* with the two-line and noted events */
+
+		usage_chunks = 4;   /* dropped, each: what passes is moved together */
+		openai_events("\n", 24, true);
+		usage_chunks = 1;
+		frame(framings[f]);
+		snprintf(name, sizeof(name), "openai, usage chunks, %s", names[f]);
+		check_reads(name, reply, reply_len, FORMAT_OPENAI, 100000, "");
 
 		openai_events("\r\n", 24, true);
 		frame(framings[f]);
