@@ -31,7 +31,7 @@ UNIT_SRC     := $(wildcard tests/unit/*/*.c)
 UNIT_BIN     := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 PROGS := $(BUILD)/tollgate $(BUILD)/tollctl $(BUILD)/mockllm $(BUILD)/bench_budget \
-         $(BUILD)/bench_ledger
+         $(BUILD)/bench_ledger $(BUILD)/bench_stream
 
 .PHONY: all deps run test unit e2e asan fuzz bench clean help
 all: deps $(PROGS)
@@ -76,6 +76,10 @@ $(BUILD)/bench_budget: $(BUILD)/bench/budget_micro.o $(BUILD)/libtollgate.a
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/bench_ledger: $(BUILD)/bench/ledger_micro.o $(BUILD)/libtollgate.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench_stream: $(BUILD)/bench/stream_micro.o $(BUILD)/libtollgate.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 

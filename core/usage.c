@@ -3,7 +3,8 @@
  *
  * The object is found by its key, and its extent by brace depth (strings
  * skipped), so nested objects such as prompt_tokens_details are inside it.
- * Each counter is the integer after `"name":`.
+ * Each counter is the integer after `"name":`; one walk over the object's
+ * quoted names finds them all.
  */
 #include "core/usage.h"
 
@@ -32,31 +33,64 @@ static size_t object_end(const char *buf, size_t len, size_t i)
 	return len;
 }
 
-/* The integer after "name": inside obj[0..len); false if absent. */
-static bool counter(const char *obj, size_t len, const char *name, uint64_t *out)
+/* The counters a usage object may hold. */
+enum counter { C_PROMPT, C_INPUT, C_CACHED, C_CACHE_READ, C_COMPLETION, C_OUTPUT, N_COUNTERS };
+
+/* Which counter the key whose name is k[0..n) is, or N_COUNTERS. */
+static enum counter counter_of(const char *k, size_t n)
 {
-	size_t nlen = strlen(name);
-	for (const char *p = obj, *end = obj + len;
-	     (p = memmem(p, (size_t)(end - p), name, nlen)); p += nlen) {
-		if (p == obj || p[-1] != '"' || p + nlen >= end || p[nlen] != '"')
-			continue;
-		const char *q = p + nlen + 1;
+	switch (n) {
+	case 12: return !memcmp(k, "input_tokens", 12) ? C_INPUT : N_COUNTERS;
+	case 13:
+		if (!memcmp(k, "prompt_tokens", 13))
+			return C_PROMPT;
+		if (!memcmp(k, "cached_tokens", 13))
+			return C_CACHED;
+		return !memcmp(k, "output_tokens", 13) ? C_OUTPUT : N_COUNTERS;
+	case 17: return !memcmp(k, "completion_tokens", 17) ? C_COMPLETION : N_COUNTERS;
+	case 23: return !memcmp(k, "cache_read_input_tokens", 23) ? C_CACHE_READ : N_COUNTERS;
+	default: return N_COUNTERS;
+	}
+}
+
+/*
+ * Each counter in obj[0..len): the integer after its first quoted name
+ * that is followed (past spaces and colons) by digits; a name followed by
+ * no digit is text, not a key, and the search goes on. Found: bit c of the
+ * result, value in v[c]; a number past 12 digits leaves it absent. One
+ * walk from quote to quote (no counter name has a border, so names never
+ * overlap).
+ */
+static unsigned counters(const char *obj, size_t len, uint64_t v[N_COUNTERS])
+{
+	unsigned found = 0, done = 0;
+	const char *end = obj + len, *p = obj;
+	while ((p = memchr(p, '"', (size_t)(end - p)))) {
+		const char *name = ++p;
+		const char *close = memchr(name, '"', (size_t)(end - name));
+		if (!close)
+			break;
+		enum counter c = counter_of(name, (size_t)(close - name));
+		if (c == N_COUNTERS || (done & (1u << c)))
+			continue;     /* the closing quote may open the next string */
+		const char *q = close + 1;
 		while (q < end && (*q == ' ' || *q == ':' || *q == '\t' || *q == '\n' || *q == '\r'))
 			q++;
-		uint64_t v = 0;
+		uint64_t n = 0;
 		int digits = 0;
 		while (q < end && *q >= '0' && *q <= '9' && digits < 13) {
-			v = v * 10 + (uint64_t)(*q++ - '0');
+			n = n * 10 + (uint64_t)(*q++ - '0');
 			digits++;
 		}
 		if (digits == 0)
 			continue;     /* the name inside a string, not a key */
-		if (digits > 12)
-			return false;
-		*out = v;
-		return true;
+		done |= 1u << c;
+		if (digits <= 12) {
+			found |= 1u << c;
+			v[c] = n;
+		}
 	}
-	return false;
+	return found;
 }
 
 bool usage_parse(const char *buf, size_t len, struct usage *out)
@@ -74,21 +108,23 @@ bool usage_parse(const char *buf, size_t len, struct usage *out)
 		size_t start = (size_t)(q - buf);
 		const char *obj = q;
 		size_t olen = object_end(buf, len, start) - start;
-		uint64_t v, cache_reads = 0;
-		if (counter(obj, olen, "prompt_tokens", &v) || counter(obj, olen, "input_tokens", &v)) {
+		uint64_t v[N_COUNTERS];
+		unsigned found = counters(obj, olen, v);
+		if (found & (1u << C_PROMPT | 1u << C_INPUT)) {
 			out->has_input = true;
-			out->input_tokens = v;
+			out->input_tokens = found & 1u << C_PROMPT ? v[C_PROMPT] : v[C_INPUT];
 			out->cached_tokens = 0;
-			if (!counter(obj, olen, "cached_tokens", &out->cached_tokens) &&
-			    counter(obj, olen, "cache_read_input_tokens", &cache_reads)) {
+			if (found & 1u << C_CACHED) {
+				out->cached_tokens = v[C_CACHED];
+			} else if (found & 1u << C_CACHE_READ) {
 				/* Anthropic reports cache reads beside input_tokens, not inside */
-				out->cached_tokens = cache_reads;
-				out->input_tokens += cache_reads;
+				out->cached_tokens = v[C_CACHE_READ];
+				out->input_tokens += v[C_CACHE_READ];
 			}
 		}
-		if (counter(obj, olen, "completion_tokens", &v) || counter(obj, olen, "output_tokens", &v)) {
+		if (found & (1u << C_COMPLETION | 1u << C_OUTPUT)) {
 			out->has_output = true;
-			out->output_tokens = v;
+			out->output_tokens = found & 1u << C_COMPLETION ? v[C_COMPLETION] : v[C_OUTPUT];
 		}
 	}
 	return out->has_input || out->has_output;

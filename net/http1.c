@@ -5,6 +5,12 @@
  * Pausing is what makes pipelining and raw relaying simple: http1_feed()
  * returns exactly where the head or the message ended, so the caller knows
  * which bytes are head, which are body and which belong to the next message.
+ *
+ * A chunked body whose owner asked for it (http1_fast_chunks: the metered
+ * stream relay) has its whole, usual chunks read here without the parser,
+ * which walks every framing byte through its state machine: the parser
+ * pauses at the end of each chunk it reads (on_chunk_complete), so both
+ * stand at a chunk-size line whenever the reading changes hands.
  */
 #include "net/http1.h"
 
@@ -120,6 +126,20 @@ static int on_message_complete(http_parser *p)
 	return 0;
 }
 
+/* (fast_chunks only) A chunk ended: the parser stands at the next size
+ * line. Pause, so that http1.c reads on from here. (After the trailer
+ * section the parser calls this too, at the end of the message: not a
+ * size line.) */
+static int on_chunk_complete(http_parser *p)
+{
+	struct http_msg *m = msg_of(p);
+	if (m->in_trailers)
+		return 0;
+	m->chunk_done = true;
+	http_parser_pause(p, 1);
+	return 0;
+}
+
 static const http_parser_settings settings = {
 	.on_url = on_url,
 	.on_header_field = on_field,
@@ -128,6 +148,17 @@ static const http_parser_settings settings = {
 	.on_body = on_body,
 	.on_message_complete = on_message_complete,
 	.on_chunk_header = on_chunk_header,
+};
+
+static const http_parser_settings fast_settings = {
+	.on_url = on_url,
+	.on_header_field = on_field,
+	.on_header_value = on_value,
+	.on_headers_complete = on_headers_complete,
+	.on_body = on_body,
+	.on_message_complete = on_message_complete,
+	.on_chunk_header = on_chunk_header,
+	.on_chunk_complete = on_chunk_complete,
 };
 
 void http1_init(struct http_msg *m, enum http_parser_type type, char *buf,
@@ -150,6 +181,9 @@ void http1_init(struct http_msg *m, enum http_parser_type type, char *buf,
 	m->prev_cr = false;
 	m->error_status = 0;
 	m->body_status = 0;
+	m->fast_chunks = false;
+	m->at_chunk = false;
+	m->chunk_done = false;
 }
 
 /* True if data[0..len) holds an LF not preceded by CR. HTTP/1.1 lets a
@@ -175,11 +209,13 @@ static void fail(struct http_msg *m, uint16_t status)
 	m->error_status = status;
 }
 
-size_t http1_feed(struct http_msg *m, const char *data, size_t len)
+/* http1_feed() through the parser. */
+static size_t parse(struct http_msg *m, const char *data, size_t len)
 {
 	bool in_head = !m->head_done, in_trailers = m->in_trailers;
 	m->event = HTTP_NEED_MORE;
-	size_t n = http_parser_execute(&m->parser, &settings, data, len);
+	size_t n = http_parser_execute(&m->parser, m->fast_chunks ? &fast_settings : &settings,
+				       data, len);
 	enum http_errno err = HTTP_PARSER_ERRNO(&m->parser);
 
 	if (in_head) {
@@ -202,7 +238,7 @@ size_t http1_feed(struct http_msg *m, const char *data, size_t len)
 		 * would mean EOF to the parser, so stop if nothing is left. */
 		http_parser_pause(&m->parser, 0);
 		m->prev_cr = false;
-		return n == len ? n : n + http1_feed(m, data + n, len - n);
+		return n == len ? n : n + parse(m, data + n, len - n);
 	}
 	if (err == HPE_OK || err == HPE_PAUSED)
 		return n;
@@ -213,6 +249,88 @@ size_t http1_feed(struct http_msg *m, const char *data, size_t len)
 	else
 		fail(m, 400);
 	return n;
+}
+
+static const int8_t hex_value[256] = {
+	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7,
+	['7'] = 8, ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14,
+	['e'] = 15, ['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15,
+	['F'] = 16,
+};   /* a hex digit's value + 1; 0: not one */
+
+/*
+ * The chunk at data[0..len), if it is whole there and of the usual form:
+ * a size line of 1 to 8 hex digits (no overflow possible) and CRLF, for a
+ * chunk that is not the last, then its data and CRLF. Returns the chunk's
+ * length and its data in data[*at, *at + *size); 0 if it is not one.
+ */
+static size_t whole_chunk(const char *data, size_t len, size_t *at, size_t *size)
+{
+	size_t n = 0, i = 0;
+	int v;
+	while (i < len && i < 8 && (v = hex_value[(unsigned char)data[i]]))
+		n = n * 16 + (size_t)(v - 1), i++;
+	if (!i || !n || len - i < 2 || data[i] != '\r' || data[i + 1] != '\n')
+		return 0;
+	i += 2;
+	if (len - i < n + 2 || data[i + n] != '\r' || data[i + n + 1] != '\n')
+		return 0;
+	*at = i;
+	*size = n;
+	return i + n + 2;
+}
+
+/* Reads whole chunks of the usual form from data[0..len), giving their
+ * data to on_body; the parser stands at the size line where it stops.
+ * Returns the bytes read. */
+static size_t read_chunks(struct http_msg *m, const char *data, size_t len)
+{
+	size_t i = 0, at, size, n;
+	while ((n = whole_chunk(data + i, len - i, &at, &size))) {
+		int status = m->on_body ? m->on_body(m, data + i + at, size) : 0;
+		if (status) {
+			m->body_status = (uint16_t)status;
+			fail(m, (uint16_t)status);
+			return i;
+		}
+		i += n;
+	}
+	return i;
+}
+
+/* http1_feed() once http1_fast_chunks() was called: whole chunks here,
+ * the rest through the parser, which pauses at the end of each chunk it
+ * reads so that the next one can be read here. */
+static size_t feed_fast(struct http_msg *m, const char *data, size_t len)
+{
+	size_t done = 0;
+	m->event = HTTP_NEED_MORE;
+	while (done < len) {
+		if (m->at_chunk) {
+			done += read_chunks(m, data + done, len - done);
+			if (m->event == HTTP_ERROR || done == len)
+				return done;
+			m->at_chunk = false;   /* the parser reads from this size line */
+		}
+		m->chunk_done = false;
+		done += parse(m, data + done, len - done);
+		if (m->event != HTTP_NEED_MORE || !m->chunk_done)
+			return done;
+		http_parser_pause(&m->parser, 0);
+		m->chunk_done = false;
+		m->at_chunk = true;
+	}
+	return done;
+}
+
+size_t http1_feed(struct http_msg *m, const char *data, size_t len)
+{
+	return m->fast_chunks ? feed_fast(m, data, len) : parse(m, data, len);
+}
+
+void http1_fast_chunks(struct http_msg *m)
+{
+	m->fast_chunks = true;
 }
 
 void http1_resume(struct http_msg *m)

@@ -62,6 +62,10 @@ struct http_msg {
 	bool prev_cr;               /* head/trailer scan: previous byte was CR */
 	uint16_t error_status;      /* 400, 413, 431 when event == HTTP_ERROR */
 	uint16_t body_status;       /* non-zero: on_body refused */
+	bool fast_chunks;           /* http1_fast_chunks() was called */
+	bool at_chunk;              /* fast_chunks: the parser stands at a chunk-size
+				     * line, and http1.c reads the chunks */
+	bool chunk_done;            /* the parser paused at a chunk's end */
 };
 
 #endif

@@ -94,11 +94,20 @@ static bool json_space(char c)
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
+/* What a walk of one event's JSON found. */
+struct walk {
+	size_t from;              /* where it began: past the shared prefix, or 0 */
+	bool carried;             /* a text member with text */
+	bool usage;               /* a "usage" key */
+	uint32_t members;         /* text members with text */
+	uint32_t text_at, text_len; /* the last one's string */
+};
+
 /*
  * Walks a JSON text for "key": "string" members (not a validator: the
  * stream's JSON was checked by whether it parses as events at all), adding
- * the length of each text member; notes a "usage" key in *usage. Returns
- * false if a string never ends.
+ * the length of each text member; notes a "usage" key. Returns false if a
+ * string never ends.
  *
  * One tight pass, no calls per string: events are small and many, so the
  * walk is most of what metering costs. The bytes before an event's first
@@ -106,13 +115,14 @@ static bool json_space(char c)
  * event's (a stream repeats id, object, created and model in every chunk):
  * one memcmp instead of a walk.
  */
-static bool count_text(struct meter *m, const char *s, size_t n, bool *carried, bool *usage)
+static bool count_text(struct meter *m, const char *s, size_t n, struct walk *w)
 {
 	const char *key = NULL;
 	size_t key_len = 0, i = 0;
 	bool value_next = false;
 	if (m->prefix_len && m->prefix_len <= n && !memcmp(s, m->prefix, m->prefix_len))
 		i = m->prefix_len;
+	w->from = i;
 	while (i < n) {
 		char c = s[i];
 		if (c != '"') {
@@ -134,10 +144,10 @@ static bool count_text(struct meter *m, const char *s, size_t n, bool *carried, 
 			key_len = end - start;
 			value_next = true;
 			if (key_len == 5 && !memcmp(key, "usage", 5))
-				*usage = true;
+				w->usage = true;
 			/* remember the shared prefix: everything before the key
 			 * that holds what varies */
-			if (!m->prefix_len && !*carried && !*usage && start > 1 &&
+			if (!m->prefix_len && !w->carried && !w->usage && start > 1 &&
 			    start - 1 <= sizeof(m->prefix) &&
 			    ((key_len == 7 && !memcmp(key, "choices", 7)) ||
 			     (key_len == 5 && !memcmp(key, "delta", 5)))) {
@@ -150,7 +160,10 @@ static bool count_text(struct meter *m, const char *s, size_t n, bool *carried, 
 		if (value_next && end > start && text_key(key, key_len)) {
 			m->bytes += end - start;
 			keep_text(m, s + start, end - start);
-			*carried = true;
+			w->carried = true;
+			w->members++;
+			w->text_at = (uint32_t)start;
+			w->text_len = (uint32_t)(end - start);
 		}
 		value_next = false;
 	}
@@ -188,8 +201,20 @@ static bool is(const struct sse_event *ev, const char *type)
 	return ev->type_len == n && !memcmp(ev->type, type, n);
 }
 
+/* The loop rule, checked every LOOP_EVERY bytes of new text. */
+static enum meter_verdict check_loop(struct meter *m)
+{
+	if (m->bytes - m->loop_checked >= LOOP_EVERY) {
+		m->loop_checked = m->bytes;
+		if (meter_is_loop(m->loop_text, m->loop_len))
+			return METER_LOOP;
+	}
+	return METER_PASS;
+}
+
 enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev)
 {
+	m->span_ok = false;
 	if (!ev->has_data)
 		return METER_PASS;   /* a comment or keep-alive: nothing generated */
 	m->events++;
@@ -200,11 +225,13 @@ enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev)
 	/* every other event of both formats is a JSON object */
 	if (!ev->data_len || ev->data[0] != '{')
 		return METER_GARBAGE;
-	bool carried = false, usage = false;
-	if (!count_text(m, ev->data, ev->data_len, &carried, &usage))
+	struct walk w = { 0 };
+	bool had_prefix = m->prefix_len > 0;
+	if (!count_text(m, ev->data, ev->data_len, &w))
 		return METER_GARBAGE;
+	bool carried = w.carried;
 	m->text_events += carried;
-	if (usage) {
+	if (w.usage) {
 		struct usage u;
 		if (usage_parse(ev->data, ev->data_len, &u)) {
 			/* merged: Anthropic gives input at the start, output at the end */
@@ -226,12 +253,37 @@ enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev)
 				return METER_DROP;
 		}
 	}
-	if (carried && m->bytes - m->loop_checked >= LOOP_EVERY) {
-		m->loop_checked = m->bytes;
-		if (meter_is_loop(m->loop_text, m->loop_len))
-			return METER_LOOP;
+	if (carried && check_loop(m) == METER_LOOP)
+		return METER_LOOP;
+	/* one text member, nothing else acted on, and a walk from past a
+	 * prefix set before: an event that differs only in that member's
+	 * string would be walked the same way (meter_span) */
+	if (w.members == 1 && !w.usage && had_prefix && w.from == m->prefix_len) {
+		m->span_ok = true;
+		m->span_at = w.text_at;
+		m->span_len = w.text_len;
 	}
 	return METER_PASS;
+}
+
+bool meter_span(const struct meter *m, uint32_t *at, uint32_t *len)
+{
+	if (!m->span_ok)
+		return false;
+	*at = m->span_at;
+	*len = m->span_len;
+	return true;
+}
+
+enum meter_verdict meter_repeat(struct meter *m, const char *text, size_t n)
+{
+	m->events++;
+	if (!n)
+		return METER_PASS;   /* an empty string is not text (count_text) */
+	m->bytes += n;
+	keep_text(m, text, n);
+	m->text_events++;
+	return check_loop(m);
 }
 
 uint64_t meter_output_tokens(const struct meter *m, uint64_t cap)

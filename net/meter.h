@@ -45,7 +45,9 @@ struct meter {
 	uint64_t bytes;           /* generated text, as carried (the upper bound) */
 	uint64_t text_events;     /* events that carried text (the lower bound) */
 	struct usage usage;       /* the provider's, merged over events */
-	uint8_t prefix_len;       /* bytes of `prefix`, 0: none yet */
+	bool span_ok;             /* the last event is a shape meter_repeat() can judge */
+	uint32_t span_at, span_len; /* its text member's string in its data */
+	uint8_t prefix_len;       /* bytes of `prefix`, 0: none yet; never changes once set */
 	char prefix[200];         /* what the first chunk had before its choices/delta */
 	uint32_t loop_len;        /* bytes in loop_text */
 	uint64_t loop_checked;    /* `bytes` at the last loop check */
@@ -55,6 +57,22 @@ struct meter {
 void meter_init(struct meter *m, uint8_t format, bool drop_usage_chunk);
 /* One event of the stream. */
 enum meter_verdict meter_event(struct meter *m, const struct sse_event *ev);
+/*
+ * Whether the event meter_event() just judged METER_PASS can stand for
+ * its repeats: its data is JSON with exactly one text member with text,
+ * that string at data[*at, *at + *len), and no "usage" key. An event of
+ * the same type whose data is the same bytes except for that string, and
+ * whose string has no unescaped '"', is then judged by meter_repeat() as
+ * meter_event() would judge it (the walk depends only on the bytes before
+ * a point and does not look into the string; the state it starts from,
+ * the shared prefix, never changes once set). This holds for the rest of
+ * the stream.
+ */
+bool meter_span(const struct meter *m, uint32_t *at, uint32_t *len);
+/* Judges such a repeat given its string, text[0..n): METER_PASS, or
+ * METER_LOOP. */
+enum meter_verdict meter_repeat(struct meter *m, const char *text, size_t n);
+
 /* Output tokens so far: the provider's count if it gave one, else the
  * upper bound, at most cap. */
 uint64_t meter_output_tokens(const struct meter *m, uint64_t cap);

@@ -2,8 +2,11 @@
  * sse.c — the event-stream state machine (sse.h).
  *
  * One byte at a time through the states, except inside a value, where a
- * run up to the next CR or LF is copied at once: event data is almost all
- * value bytes, so the per-byte work is a scan and a copy.
+ * run up to the next CR or LF is taken at once, and at the start of a
+ * line, where "data:" and "event:" are recognised whole: event data is
+ * almost all value bytes, so the per-byte work is a scan. An event's data
+ * that is one run of the buffer is handed over where it lies (p->run);
+ * it is copied only when a second piece joins it or the buffer ends.
  */
 #include "net/sse.h"
 
@@ -21,6 +24,7 @@ void sse_init(struct sse_parser *p)
 	p->has_data = false;
 	p->type_len = 0;
 	p->data_len = 0;
+	p->run = NULL;
 }
 
 static void start_event(struct sse_parser *p)
@@ -28,6 +32,17 @@ static void start_event(struct sse_parser *p)
 	p->has_data = false;
 	p->type_len = 0;
 	p->data_len = 0;
+	p->run = NULL;
+}
+
+/* The data so far into p->data: the buffer it lies in is about to go,
+ * or another piece is to be appended. */
+static void copy_run(struct sse_parser *p)
+{
+	if (p->run) {
+		memcpy(p->data, p->run, p->data_len);
+		p->run = NULL;
+	}
 }
 
 /* The field name is complete: which field is it? */
@@ -45,12 +60,22 @@ static void name_done(struct sse_parser *p)
 		p->type_len = 0;   /* the last event: line wins */
 }
 
-/* Appends value bytes to the current field; -E2BIG if too large. */
+/* Appends value bytes (of the buffer being fed) to the current field;
+ * -E2BIG if too large. The first piece of an event's data is kept where
+ * it is. */
 static int add_value(struct sse_parser *p, const char *s, size_t n)
 {
 	if (p->field == SSE_FIELD_DATA) {
 		if (n > SSE_MAX_EVENT - p->data_len)
 			return -E2BIG;
+		if (!n)
+			return 0;
+		if (!p->data_len) {
+			p->run = s;
+			p->data_len = (uint32_t)n;
+			return 0;
+		}
+		copy_run(p);
 		memcpy(p->data + p->data_len, s, n);
 		p->data_len += (uint32_t)n;
 	} else if (p->field == SSE_FIELD_EVENT) {
@@ -70,6 +95,7 @@ static int begin_value(struct sse_parser *p)
 	if (p->has_data) {
 		if (p->data_len == SSE_MAX_EVENT)
 			return -E2BIG;
+		copy_run(p);
 		p->data[p->data_len++] = '\n';
 	}
 	p->has_data = true;
@@ -79,7 +105,8 @@ static int begin_value(struct sse_parser *p)
 /* A blank line: the event is complete. Returns fn's verdict. */
 static int dispatch(struct sse_parser *p, sse_event_fn fn, void *arg)
 {
-	struct sse_event ev = { p->type, p->type_len, p->data, p->data_len, p->has_data };
+	struct sse_event ev = { p->type, p->type_len, p->run ? p->run : p->data, p->data_len,
+				p->has_data };
 	int stop = fn(arg, &ev);
 	start_event(p);
 	return stop;
@@ -118,7 +145,23 @@ static size_t line_end_at(const char *buf, size_t i, size_t len)
 #endif
 }
 
-long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn, void *arg)
+/* A line that starts with "data:" or "event:", whole in buf[i..len):
+ * the name is done at once. Returns the bytes it took, 0 if neither. */
+static size_t known_name(struct sse_parser *p, const char *buf, size_t i, size_t len)
+{
+	if (len - i >= 5 && !memcmp(buf + i, "data:", 5)) {
+		p->field = SSE_FIELD_DATA;
+		return 5;
+	}
+	if (len - i >= 6 && !memcmp(buf + i, "event:", 6)) {
+		p->field = SSE_FIELD_EVENT;
+		p->type_len = 0;   /* the last event: line wins */
+		return 6;
+	}
+	return 0;
+}
+
+static long feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn, void *arg)
 {
 	size_t i = 0;
 	while (i < len) {
@@ -139,6 +182,12 @@ long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn
 			} else if (c == ':') {
 				p->state = SSE_COMMENT;
 			} else {
+				size_t n = known_name(p, buf, i, len);
+				if (n) {
+					p->state = SSE_SPACE;
+					i += n;
+					continue;
+				}
 				p->state = SSE_NAME;
 				continue;     /* the byte is the name's first */
 			}
@@ -203,4 +252,11 @@ long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn
 		}
 	}
 	return (long)len;
+}
+
+long sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_fn fn, void *arg)
+{
+	long n = feed(p, buf, len, fn, arg);
+	copy_run(p);   /* an unfinished event's data must outlive buf */
+	return n;
 }

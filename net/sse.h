@@ -33,7 +33,9 @@ enum sse_field { SSE_FIELD_OTHER, SSE_FIELD_DATA, SSE_FIELD_EVENT };
 struct sse_event {
 	const char *type;           /* "event:" value, "" when absent */
 	uint32_t type_len;
-	const char *data;           /* the data lines joined by '\n' */
+	const char *data;           /* the data lines joined by '\n': in the
+				     * parser, or, when they are one run of
+				     * the buffer being fed, in that buffer */
 	uint32_t data_len;
 	bool has_data;              /* false: a block with no data line (a
 				     * comment, an id), no event to dispatch
@@ -50,6 +52,11 @@ struct sse_parser {
 	uint8_t type_len;
 	char type[SSE_MAX_TYPE];
 	uint32_t data_len;
+	/* NULL, or the event's data so far is run[0..data_len), a run of the
+	 * buffer being fed that was not copied into `data`: most events are
+	 * one data line read whole, and are never copied. A second piece, or
+	 * the end of the buffer, copies the run into `data` first. */
+	const char *run;
 	char data[SSE_MAX_EVENT];
 };
 

@@ -1,13 +1,21 @@
 /*
  * stream.c — the metered stream relay (stream.h).
  *
- * Per read: the http parser hands over the body in pieces (de-chunked);
- * each is moved down to the write point in the same buffer, so the read
- * becomes one contiguous run of event-stream bytes. The SSE parser walks
- * it, the meter judges each event, and the run goes to the agent as one
+ * Per read: http1.c hands over the body in pieces (de-chunked: whole
+ * chunks without the http parser, http1_fast_chunks); each is moved down
+ * to the write point in the same buffer, so the read becomes one
+ * contiguous run of event-stream bytes. The SSE parser walks it, the
+ * meter judges each event, and the run goes to the agent as one
  * chunk — up to the end of the event that made the meter say stop, if
  * one did. Then comes the final event and the terminator, and the
  * provider connection is closed: nothing more is read or paid for.
+ *
+ * Most events of a stream are the same bytes but for their text ("data:
+ * {...\"content\":\"" text "\"}...}\n\n"). The bytes around the text of
+ * the last event the meter could describe so (meter_span) are kept as a
+ * shape; an event that matches it is judged by meter_repeat() from its
+ * text alone, two memcmp and a scan of the text, with neither the SSE
+ * parser nor the meter walking it. Anything else takes the full path.
  *
  * States: RELAYING → (CUT | ENDED); a stream that is cut or ended sends
  * nothing more.
@@ -18,6 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "core/config.h"
 #include "core/freeze.h"
@@ -37,6 +48,28 @@
 
 enum stream_state { STREAM_RELAYING, STREAM_CUT, STREAM_ENDED };
 
+#define SHAPE_HEAD 256
+#define SHAPE_TAIL 128
+
+/*
+ * The raw bytes of an event that meter_span() described, around its text
+ * string: from the event's first byte to the string's, and from the
+ * string's closing quote to the event's end, which is an LF. An event
+ * parsed from a block boundary that is head + S + tail, where S is a JSON
+ * string's contents with no CR or LF (so it lies inside the same data
+ * line's value), parses to the same type and the same data but for that
+ * string, and ends at the same point in the same parser state (after an
+ * LF: LINE_START): meter_span()'s contract holds, and meter_repeat()
+ * judges it.
+ */
+struct shape {
+	uint16_t head_len;          /* 0: none learned */
+	uint16_t tail_len;
+	uint32_t fixed;             /* its data bytes other than the string */
+	char head[SHAPE_HEAD];
+	char tail[SHAPE_TAIL];
+};
+
 struct stream {
 	struct sse_parser sse;
 	struct meter meter;
@@ -49,6 +82,9 @@ struct stream {
 	bool event_done;            /* on_event ran since the last sse_feed */
 	const char *pending_cut;    /* a freeze arrived while a send was in flight */
 	uint64_t freeze_epoch;      /* of the freeze table when last checked */
+	const char *ev_data;        /* the last event's data, as on_event had it */
+	uint32_t ev_len;
+	struct shape shape;
 	/* An event that a read leaves unfinished is held back until it is
 	 * whole, so the agent only ever gets whole events (a cut never leaves
 	 * half of one, and the usage chunk can be dropped whole): held[cur]
@@ -79,6 +115,7 @@ bool stream_start(struct exchange *ex)
 		return false;
 	sse_init(&s->sse);
 	meter_init(&s->meter, (uint8_t)ex->provider->format, ex->inject_usage);
+	http1_fast_chunks(&ex->resp);   /* the body's chunks, de-chunked below */
 	s->state = STREAM_RELAYING;
 	/* HTTP/1.0 agents read to the close; the rest get chunks */
 	s->chunked = !(ex->req.parser.http_major == 1 && ex->req.parser.http_minor == 0);
@@ -94,6 +131,7 @@ bool stream_start(struct exchange *ex)
 	s->held_cap[0] = s->held_cap[1] = 0;
 	s->cur = 0;
 	s->tail_len = 0;
+	s->shape.head_len = 0;
 	ex->stream = s;
 	return true;
 }
@@ -149,7 +187,8 @@ static int compact_body(struct http_msg *m, const char *data, size_t len)
 {
 	struct exchange *ex = m->owner;
 	struct stream *s = ex->stream;
-	memmove(s->write, data, len);
+	if (s->write != data)   /* in place when nothing was cut out before it */
+		memmove(s->write, data, len);
 	s->write += len;
 	return 0;
 }
@@ -162,15 +201,35 @@ static void put_tail(struct stream *s, const char *text, size_t n)
 	}
 }
 
+/* Writes the header of an n-byte chunk into out (24 bytes: "\r\n" that
+ * ends the chunk before it, if one went out, the size in hex, "\r\n"), as
+ * printf's "%zx" would, without printf: it runs on every read. Returns
+ * its length. */
+static size_t chunk_header(struct stream *s, char *out, size_t n)
+{
+	size_t len = 0;
+	if (s->sent_chunk) {
+		out[len++] = '\r';
+		out[len++] = '\n';
+	}
+	s->sent_chunk = true;
+	int digits = 1;
+	while (digits < 16 && n >> (4 * digits))
+		digits++;
+	for (int d = digits - 1; d >= 0; d--)
+		out[len++] = "0123456789abcdef"[(n >> (4 * d)) & 15];
+	out[len++] = '\r';
+	out[len++] = '\n';
+	return len;
+}
+
 /* Frames `n` bytes of event text as the agent reads it: as a chunk (or
  * as is when close-delimited), into the tail. */
 static void put_chunk_text(struct stream *s, const char *text, size_t n)
 {
 	if (s->chunked) {
 		char size[24];
-		put_tail(s, size, (size_t)snprintf(size, sizeof(size), "%s%zx\r\n",
-						   s->sent_chunk ? "\r\n" : "", n));
-		s->sent_chunk = true;
+		put_tail(s, size, chunk_header(s, size, n));
 	}
 	put_tail(s, text, n);
 }
@@ -272,15 +331,13 @@ static bool freeze_changed(struct exchange *ex)
 	return decide_frozen(ex, what, sizeof(what));
 }
 
-/* Judges one event and stops the SSE parser right after it, so that the
- * relay knows where each event ends. */
-static int on_event(void *arg, const struct sse_event *ev)
+/* What the meter's verdict v on an event means for the stream: a cut
+ * code when it must stop after it (or without it: METER_GARBAGE). Both
+ * paths (a parsed event, a repeat of the last shape) come here. */
+static void judge(struct exchange *ex, enum meter_verdict v)
 {
-	struct exchange *ex = arg;
 	struct stream *s = ex->stream;
-	enum meter_verdict v = meter_event(&s->meter, ev);
 	s->verdict = (uint8_t)v;
-	s->event_done = true;
 	if (v == METER_LOOP)
 		s->cut_code = "loop_detected";
 	else if (v == METER_GARBAGE)
@@ -293,7 +350,104 @@ static int on_event(void *arg, const struct sse_event *ev)
 		s->cut_code = "stream_token_cap";
 	else if (ex->stream_lease)
 		extend_lease(ex);
+}
+
+/* Judges one event and stops the SSE parser right after it, so that the
+ * relay knows where each event ends. */
+static int on_event(void *arg, const struct sse_event *ev)
+{
+	struct exchange *ex = arg;
+	struct stream *s = ex->stream;
+	s->ev_data = ev->data;
+	s->ev_len = ev->data_len;
+	s->event_done = true;
+	judge(ex, meter_event(&s->meter, ev));
 	return 1;
+}
+
+/* Where the JSON string whose contents start at s[i] ends: its first '"'
+ * not escaped by a '\\' (as the meter reads strings), or n when there is
+ * none before n, or a CR or LF (a line end) comes first. */
+static size_t text_end(const char *s, size_t i, size_t n)
+{
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), slash = _mm_set1_epi8('\\'),
+		      cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	while (i + 16 <= n) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+		unsigned mask = (unsigned)_mm_movemask_epi8(
+			_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, slash)),
+				     _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf))));
+		if (!mask) {
+			i += 16;
+			continue;
+		}
+		i += (size_t)__builtin_ctz(mask);
+		if (s[i] != '\\')
+			return s[i] == '"' ? i : n;
+		if (i + 1 >= n || s[i + 1] == '\r' || s[i + 1] == '\n')
+			return n;
+		i += 2;           /* an escape: the escaped byte is text */
+	}
+#endif
+	while (i < n) {
+		char c = s[i];
+		if (c == '"')
+			return i;
+		if (c == '\r' || c == '\n')
+			return n;
+		if (c != '\\') {
+			i++;
+			continue;
+		}
+		if (i + 1 >= n || s[i + 1] == '\r' || s[i + 1] == '\n')
+			return n;
+		i += 2;
+	}
+	return n;
+}
+
+/* If body[pos..len), at a block boundary, starts with a whole repeat of
+ * the shape: its end, and its text in body[*text, *text + *text_len).
+ * Else 0. */
+static size_t match_shape(const struct shape *sh, const char *body, size_t pos, size_t len,
+			  size_t *text, size_t *text_len)
+{
+	if (!sh->head_len || len - pos < (size_t)sh->head_len + sh->tail_len ||
+	    memcmp(body + pos, sh->head, sh->head_len))
+		return 0;
+	size_t t = pos + sh->head_len;
+	size_t bound = len - sh->tail_len + 1;   /* the closing quote is before it */
+	size_t e = text_end(body, t, bound);
+	if (e == bound || memcmp(body + e, sh->tail, sh->tail_len) ||
+	    e - t > SSE_MAX_EVENT - sh->fixed)
+		return 0;     /* (the SSE parser would refuse it as too large) */
+	*text = t;
+	*text_len = e - t;
+	return e + sh->tail_len;
+}
+
+/* The full path just judged body[start, pos) one event, parsed from a
+ * block boundary: if the meter can let it stand for its repeats, and its
+ * data is one run of these bytes (the SSE parser handed it over in
+ * place), its bytes around the text become the shape. */
+static void learn_shape(struct stream *s, const char *body, size_t start, size_t pos)
+{
+	uint32_t at, n;
+	if (!meter_span(&s->meter, &at, &n) || body[pos - 1] != '\n')
+		return;
+	uintptr_t data = (uintptr_t)s->ev_data, from = (uintptr_t)(body + start),
+		  to = (uintptr_t)(body + pos);
+	if (data < from || data + s->ev_len > to)
+		return;       /* the data was joined or copied: not one run here */
+	size_t head = (size_t)(data - from) + at, tail = (size_t)(to - data) - at - n;
+	if (head > SHAPE_HEAD || tail > SHAPE_TAIL)
+		return;
+	memcpy(s->shape.head, body + start, head);
+	memcpy(s->shape.tail, body + start + head + n, tail);
+	s->shape.head_len = (uint16_t)head;
+	s->shape.tail_len = (uint16_t)tail;
+	s->shape.fixed = s->ev_len - n;
 }
 
 /* Stops reading the provider: its connection cannot be reused. */
@@ -350,20 +504,32 @@ static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held
 	bool start_in_held = s->held_len[s->cur] > 0;
 	*held_out = false;
 	while (pos < len && !s->cut_code) {
-		s->event_done = false;
-		long n = sse_feed(&s->sse, body + pos, len - pos, on_event, ex);
-		if (n < 0) {
-			s->cut_code = "upstream_garbage";   /* an event past SSE_MAX_EVENT */
-			break;
+		/* nothing held: the parser is between events (held is empty
+		 * only when the last read ended with one) */
+		bool boundary = !start_in_held && s->sse.state == SSE_LINE_START;
+		size_t end, text, text_len;
+		if (boundary && (end = match_shape(&s->shape, body, pos, len, &text, &text_len))) {
+			judge(ex, meter_repeat(&s->meter, body + text, text_len));
+			pos = end;
+		} else {
+			s->event_done = false;
+			long n = sse_feed(&s->sse, body + pos, len - pos, on_event, ex);
+			if (n < 0) {
+				s->cut_code = "upstream_garbage";   /* an event past SSE_MAX_EVENT */
+				break;
+			}
+			pos += (size_t)n;
+			if (!s->event_done)
+				break;                         /* the rest is an unfinished event */
+			if (boundary)
+				learn_shape(s, body, start, pos);
 		}
-		pos += (size_t)n;
-		if (!s->event_done)
-			break;                             /* the rest is an unfinished event */
 		/* not relayed: the usage chunk we asked for, what cannot be metered */
 		bool keep = s->verdict != METER_DROP && s->verdict != METER_GARBAGE;
 		if (keep) {   /* (an event begun in held continues here) */
 			*held_out = *held_out || start_in_held;
-			memmove(body + out, body + start, pos - start);
+			if (out != start)
+				memmove(body + out, body + start, pos - start);
 			out += pos - start;
 		}
 		start = pos;
@@ -374,7 +540,7 @@ static size_t meter_body(struct exchange *ex, char *body, size_t len, bool *held
 	if (ex->resp_complete) {
 		/* the body ended inside an event: it goes as it is */
 		*held_out = *held_out || start_in_held;
-		if (len > start)
+		if (len > start && out != start)
 			memmove(body + out, body + start, len - start);
 		return out + len - start;
 	}
@@ -419,11 +585,8 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 	s->cur ^= 1;   /* what this read left unfinished goes out next time */
 	/* the chunk header of the data, then what follows it */
 	size_t hdr_len = 0;
-	if ((pass || held_len) && s->chunked) {
-		hdr_len = (size_t)snprintf(s->hdr, sizeof(s->hdr), "%s%zx\r\n",
-					   s->sent_chunk ? "\r\n" : "", held_len + pass);
-		s->sent_chunk = true;
-	}
+	if ((pass || held_len) && s->chunked)
+		hdr_len = chunk_header(s, s->hdr, held_len + pass);
 	if (s->state == STREAM_RELAYING && s->cut_code) {
 		log_warn("stream of %s cut: %s", ex->model->name, s->cut_code);
 		s->state = STREAM_CUT;

@@ -11,6 +11,7 @@ CFLAGS="-std=gnu17 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined 
 declare -A srcs=(
   [http1_request]="net/http1.c"
   [http1_response]="net/http1.c"
+  [http1_chunks]="net/http1.c"
   [json_scan]="core/json_scan.c"
   [config]="core/config.c core/arena.c core/money.c core/log.c core/json_scan.c tls/conf.c tls/ticket.c tls/shard.c"
   [tags]="core/tags.c"
@@ -19,12 +20,12 @@ declare -A srcs=(
   [tls_record]="tls/conn.c tls/conf.c tls/ticket.c tls/shard.c core/log.c core/json_scan.c"
 )
 declare -A libs=(
-  [http1_request]="-lhttp_parser" [http1_response]="-lhttp_parser"
+  [http1_request]="-lhttp_parser" [http1_response]="-lhttp_parser" [http1_chunks]="-lhttp_parser"
   [json_scan]="" [config]="-lfyaml -lxxhash -ldl -lmbedtls -lmbedx509 -lmbedcrypto" [tags]="" [sse]=""
   [ledger_record]="" [tls_record]="-lmbedtls -lmbedx509 -lmbedcrypto"
 )
 fail=0 passed=0 failed=0
-for h in http1_request http1_response json_scan config tags sse ledger_record tls_record; do
+for h in http1_request http1_response http1_chunks json_scan config tags sse ledger_record tls_record; do
   # shellcheck disable=SC2086
   clang $CFLAGS tests/fuzz/$h.c ${srcs[$h]} -o "$out/$h" ${libs[$h]}
   mkdir -p "$out/corpus-$h"

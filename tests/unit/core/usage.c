@@ -44,5 +44,14 @@ int main(void)
 		    "data: {\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n", &u));
 	CHECK(u.input_tokens == 4 && u.output_tokens == 2);
 	CHECK(!parse("{\"usage\":null,\"x\":{\"prompt_tokens\":99}}", &u));
+	/* a counter's first keyed use decides: past 12 digits it is absent,
+	 * even if a later one would do; a name used as text first does not */
+	CHECK(parse("{\"usage\":{\"output_tokens\":\"input_tokens\",\"input_tokens\":"
+		    "1234567890123,\"input_tokens\":5,\"output_tokens\":6}}", &u));
+	CHECK(!u.has_input && u.has_output && u.output_tokens == 6);
+	/* cached_tokens is preferred to cache_read_input_tokens wherever it is */
+	CHECK(parse("{\"usage\":{\"cache_read_input_tokens\":2,\"prompt_tokens\":10,"
+		    "\"x\":{\"cached_tokens\":3}}}", &u));
+	CHECK(u.input_tokens == 10 && u.cached_tokens == 3);
 	return check_report("core/usage");
 }

@@ -143,10 +143,57 @@ static void test_loops(void)
 	}
 }
 
+/* meter_repeat() judges what meter_event() would for an event that is
+ * the spanned one with another string, loop cuts included; meter_span()
+ * refuses what is not such a shape. */
+static void test_repeat(void)
+{
+	static struct meter a, b;
+	static const char open[] = "{\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"";
+	static const char close[] = "\"},\"finish_reason\":null}]}";
+	const char *first = "{\"id\":\"x\",\"choices\":[{\"delta\":{\"role\":\"assistant\","
+			    "\"content\":\"\"}}]}";
+	struct sse_event ev = { "", 0, first, (uint32_t)strlen(first), true };
+	uint32_t at, len;
+	meter_init(&a, FORMAT_OPENAI, false);
+	meter_init(&b, FORMAT_OPENAI, false);
+	CHECK(meter_event(&a, &ev) == METER_PASS && meter_event(&b, &ev) == METER_PASS);
+	CHECK(!meter_span(&b, &at, &len));     /* no text, and no prefix before it */
+	char data[512];
+	snprintf(data, sizeof(data), "%sHello%s", open, close);
+	ev.data = data;
+	ev.data_len = (uint32_t)strlen(data);
+	CHECK(meter_event(&a, &ev) == METER_PASS && meter_event(&b, &ev) == METER_PASS);
+	CHECK(meter_span(&b, &at, &len) && at == strlen(open) && len == 5);
+	static const char *texts[] = { "a", "", "\\\"q\\\"", "\\u00e9", "caf\xc3\xa9",
+				       "the same words again ", "the same words again " };
+	int loops = 0;
+	for (int i = 0; i < 200; i++) {
+		const char *t = texts[i % 7];
+		snprintf(data, sizeof(data), "%s%s%s", open, t, close);
+		ev.data_len = (uint32_t)strlen(data);
+		enum meter_verdict va = meter_event(&a, &ev), vb = meter_repeat(&b, t, strlen(t));
+		CHECK(va == vb);
+		loops += va == METER_LOOP;
+		CHECK(a.bytes == b.bytes && a.text_events == b.text_events && a.events == b.events &&
+		      a.loop_len == b.loop_len && !memcmp(a.loop_text, b.loop_text, a.loop_len));
+	}
+	CHECK(loops > 0);
+	/* not shapes: two text members, a usage key */
+	snprintf(data, sizeof(data), "%sa\",\"name\":\"b%s", open, close);
+	ev.data_len = (uint32_t)strlen(data);
+	CHECK(meter_event(&b, &ev) == METER_PASS && !meter_span(&b, &at, &len));
+	snprintf(data, sizeof(data), "%sa%s,\"usage\":null", open, close);
+	ev.data_len = (uint32_t)strlen(data);
+	meter_event(&b, &ev);
+	CHECK(!meter_span(&b, &at, &len));
+}
+
 int main(void)
 {
 	test_openai();
 	test_anthropic();
+	test_repeat();
 	test_loops();
 	return check_report("net/meter");
 }

@@ -30,6 +30,19 @@ static int record(void *arg, const struct sse_event *ev)
 	return s->n == s->stop_at;
 }
 
+struct where { const char *buf; size_t len; int in_buf, n; };
+
+/* Counts events, and those whose data lies in the buffer fed. */
+static int where_data(void *arg, const struct sse_event *ev)
+{
+	struct where *w = arg;
+	if (!ev->has_data)
+		return 0;
+	w->n++;
+	w->in_buf += ev->data >= w->buf && ev->data < w->buf + w->len;
+	return 0;
+}
+
 static const char sample[] =
 	": a comment\r\n"
 	"event: message_start\r\n"
@@ -58,14 +71,27 @@ static const char want[] =
 	"[|caf\xc3\xa9 \xe2\x82\xac]"
 	"[|[DONE]]";
 
+/* Feeds a copy of buf[0..n) that is scribbled over right after: event
+ * data handed over where it lies in a buffer must not be kept past the
+ * call that fed it. */
+static long feed(struct sse_parser *p, const char *buf, size_t n, struct seen *s)
+{
+	char *copy = malloc(n + 1);
+	memcpy(copy, buf, n);
+	long r = sse_feed(p, copy, n, record, s);
+	memset(copy, '#', n);
+	free(copy);
+	return r;
+}
+
 static void parse_split(size_t cut, struct seen *s)
 {
 	struct sse_parser *p = malloc(sizeof(*p));
 	sse_init(p);
 	memset(s, 0, sizeof(*s));
 	size_t len = sizeof(sample) - 1;
-	CHECK(sse_feed(p, sample, cut, record, s) == (long)cut);
-	CHECK(sse_feed(p, sample + cut, len - cut, record, s) == (long)(len - cut));
+	CHECK(feed(p, sample, cut, s) == (long)cut);
+	CHECK(feed(p, sample + cut, len - cut, s) == (long)(len - cut));
 	free(p);
 }
 
@@ -84,8 +110,16 @@ int main(void)
 	sse_init(p);
 	memset(&s, 0, sizeof(s));
 	for (size_t i = 0; i < sizeof(sample) - 1; i++)
-		sse_feed(p, sample + i, 1, record, &s);
+		feed(p, sample + i, 1, &s);
 	CHECK(!strcmp(s.log, want));
+
+	/* a data line read whole is handed over in the buffer, not copied;
+	 * joined lines are the parser's own */
+	static const char two[] = "data: {\"a\":1}\n\ndata: x\ndata: y\n\n";
+	struct where w = { two, sizeof(two) - 1, 0, 0 };
+	sse_init(p);
+	CHECK(sse_feed(p, two, sizeof(two) - 1, where_data, &w) == (long)(sizeof(two) - 1));
+	CHECK(w.n == 2 && w.in_buf == 1);
 
 	/* stop after the second event: the count ends just past its blank line */
 	sse_init(p);
