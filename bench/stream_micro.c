@@ -62,6 +62,7 @@ int budget_reserve(struct budget_scope *const *scopes, int n, uint32_t shard, in
 	return -1;
 }
 void decide_ceiling_code(const char *scope_kind, char *out, size_t cap) {}
+bool decide_frozen(const struct exchange *ex, char *out, size_t cap) { return false; }
 
 /* ---- the reply ---- */
 static char reply[32768];

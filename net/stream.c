@@ -75,7 +75,6 @@ struct stream {
 	struct meter meter;
 	uint8_t state;              /* enum stream_state */
 	bool chunked;               /* the agent gets chunked framing */
-	bool sent_chunk;            /* a chunk went out: the next header closes it */
 	const char *cut_code;       /* why it was cut */
 	char cut_buf[40];           /* "<scope>_ceiling_reached", "grant_exhausted" */
 	uint8_t verdict;            /* enum meter_verdict of the last event */
@@ -95,7 +94,7 @@ struct stream {
 	uint8_t cur;
 	char *write;                /* de-chunking write point in the current read */
 	uint32_t tail_len;
-	char hdr[24];               /* "\r\n" + chunk size + "\r\n" */
+	char hdr[24];               /* chunk size + "\r\n" */
 	char tail[1024];            /* what follows the data: CRLF, final event, terminator */
 };
 
@@ -121,7 +120,6 @@ bool stream_start(struct exchange *ex)
 	s->chunked = !(ex->req.parser.http_major == 1 && ex->req.parser.http_minor == 0);
 	if (!s->chunked)
 		ex->client->close_after = true;
-	s->sent_chunk = false;
 	s->cut_code = NULL;
 	s->pending_cut = NULL;
 	s->freeze_epoch = 0;   /* the first event checks (decide did, before it) */
@@ -201,18 +199,14 @@ static void put_tail(struct stream *s, const char *text, size_t n)
 	}
 }
 
-/* Writes the header of an n-byte chunk into out (24 bytes: "\r\n" that
- * ends the chunk before it, if one went out, the size in hex, "\r\n"), as
- * printf's "%zx" would, without printf: it runs on every read. Returns
- * its length. */
-static size_t chunk_header(struct stream *s, char *out, size_t n)
+/* Writes the header of an n-byte chunk into out (at most 18 bytes: the
+ * size in hex, "\r\n"), as printf's "%zx" would, without printf: it runs
+ * on every read. Returns its length. Every chunk is closed by its own
+ * CRLF in the same send: a client that reads whole chunks (urllib3, for
+ * one) must not wait for the next event to see this one. */
+static size_t chunk_header(char *out, size_t n)
 {
 	size_t len = 0;
-	if (s->sent_chunk) {
-		out[len++] = '\r';
-		out[len++] = '\n';
-	}
-	s->sent_chunk = true;
 	int digits = 1;
 	while (digits < 16 && n >> (4 * digits))
 		digits++;
@@ -229,9 +223,11 @@ static void put_chunk_text(struct stream *s, const char *text, size_t n)
 {
 	if (s->chunked) {
 		char size[24];
-		put_tail(s, size, chunk_header(s, size, n));
+		put_tail(s, size, chunk_header(size, n));
 	}
 	put_tail(s, text, n);
+	if (s->chunked)
+		put_tail(s, "\r\n", 2);
 }
 
 /* The final event of SPEC §5 in the provider's format, then the end of
@@ -261,15 +257,14 @@ static void put_final_event(struct exchange *ex, const char *code, const char *m
 	if (n > 0 && (size_t)n < sizeof(ev))
 		put_chunk_text(s, ev, (size_t)n);
 	if (s->chunked)
-		put_tail(s, s->sent_chunk ? "\r\n0\r\n\r\n" : "0\r\n\r\n",
-			 s->sent_chunk ? 7 : 5);
+		put_tail(s, "0\r\n\r\n", 5);
 }
 
 /* The end of a body that ended well: the terminator. */
 static void put_end(struct stream *s)
 {
 	if (s->chunked)
-		put_tail(s, s->sent_chunk ? "\r\n0\r\n\r\n" : "0\r\n\r\n", s->sent_chunk ? 7 : 5);
+		put_tail(s, "0\r\n\r\n", 5);
 }
 
 static const char *cut_message(const char *code)
@@ -585,8 +580,10 @@ void stream_relay(struct exchange *ex, char *data, size_t len, int32_t bid,
 	s->cur ^= 1;   /* what this read left unfinished goes out next time */
 	/* the chunk header of the data, then what follows it */
 	size_t hdr_len = 0;
-	if ((pass || held_len) && s->chunked)
-		hdr_len = chunk_header(s, s->hdr, held_len + pass);
+	if ((pass || held_len) && s->chunked) {
+		hdr_len = chunk_header(s->hdr, held_len + pass);
+		put_tail(s, "\r\n", 2);   /* ends this chunk, before what follows */
+	}
 	if (s->state == STREAM_RELAYING && s->cut_code) {
 		log_warn("stream of %s cut: %s", ex->model->name, s->cut_code);
 		s->state = STREAM_CUT;

@@ -1525,3 +1525,33 @@ def test_stream_50_concurrent(env):
         errs = [x for x in results if isinstance(x, Exception)]
         assert not errs and len(results) == n, (len(results), errs[:3])
         quiet(tg, sum(results))
+
+
+def test_stream_chunks_end_with_their_event(env):
+    """Each chunk the agent gets is closed by its own CRLF in the same send:
+    a client that reads whole chunks sees an event when it is relayed, not
+    when the next one comes (it waited a whole token delay before)."""
+    with Mock(env) as m, start(env, m.port) as tg:
+        with tg.conn(timeout=10) as c:
+            c.send(request("POST", CHAT, chat_body(),
+                           dict(H, **{"x-mock-tokens": "4",
+                                      "x-mock-token-delay-us": "600000"})))
+            status, _ = c.head()
+            assert status == 200
+            t0 = time.monotonic()
+            got = []
+            while True:
+                data = c.chunk()      # whole chunks only: size, data, CRLF
+                got.append((time.monotonic() - t0, data))
+                if not data:
+                    break
+        times = [round(t, 3) for t, _ in got]
+        # the role event comes at once, then a text event every 600 ms:
+        # each whole chunk must arrive in its own interval, not with the
+        # next event
+        assert b'"role":"assistant"' in got[0][1] and got[0][0] < 0.3, times
+        texts = [t for t, d in got if b'"content":"' in d and b'"content":""' not in d]
+        assert len(texts) == 4, got
+        assert texts[0] > 0.3, times
+        for i in range(1, 4):
+            assert texts[i] - texts[i - 1] > 0.3, (i, times)
