@@ -46,6 +46,8 @@ static size_t sent_len;
 void client_sendv(struct client *c, const struct iovec *iov, int n, int32_t bid)
 {
 	for (int i = 0; i < n; i++) {
+		if (!iov[i].iov_len)
+			continue;     /* (the head is NULL after the first read) */
 		if (sent_len + iov[i].iov_len > sizeof(sent))
 			abort();
 		memcpy(sent + sent_len, iov[i].iov_base, iov[i].iov_len);
